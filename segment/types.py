@@ -69,17 +69,20 @@ class Case:
     """One subject's files, found on disk.
 
     ``images`` maps canonical modality names (``t1``, ``t1c``, ``t2``, ``flair``) to files;
-    ``channels`` maps a modality to the channel index when several modalities share one 4-D
-    file (MSD layout), else is empty. ``seg`` is the ground truth file, if any, and
-    ``seg_coding`` names its label convention (``tissue``, ``brats2023``, ``brats2021``, ``msd``).
+    ``channels`` maps a modality to its channel index when several modalities share one 4-D
+    file (MSD layout), else is empty. ``truth`` maps a ground-truth kind to a file: ``"tissue"``
+    (0 bg, 1 CSF, 2 GM, 3 WM, 4 tumor), ``"tumor"`` (BraTS 2023 coding 1 NCR, 2 ED, 3 ET after
+    mapping) or ``"seg"`` (kind decided by the task that runs: tumor when the tumor task runs,
+    else tissue). ``tumor_coding`` names the tumor file's convention: ``brats2023``,
+    ``brats2021`` (1/2/4), ``msd`` (1 ED, 2 NET, 3 ET) or ``auto``.
     """
 
     case_id: str
     images: dict[str, Path]
-    seg: Path | None = None
+    truth: dict[str, Path] = field(default_factory=dict)
     root: Path | None = None
     channels: dict[str, int] = field(default_factory=dict)
-    seg_coding: str = "auto"
+    tumor_coding: str = "auto"
 
     @property
     def reference_modality(self) -> str:
