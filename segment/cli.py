@@ -1,0 +1,193 @@
+"""The ``segment`` command line: parse, load config, call the pipeline, set the exit code.
+
+Exit codes: 0 success, 1 a case or input failed, 2 usage or configuration error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import ConfigError, SegmentError
+
+log = logging.getLogger("segment")
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", type=Path, default=None, help="YAML config file (see configs/)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (overrides the config)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="segment",
+        description="Brain MRI segmentation with Gaussian mixture models: tissue (CSF/GM/WM), "
+        "brain masks, metrics and overlay figures.",
+    )
+    parser.add_argument("--version", action="version", version=f"segment {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="segment one case folder")
+    p.add_argument("case_dir", type=Path, help="folder holding one case's NIfTI files (t1, t1c, t2, flair, seg)")
+    p.add_argument("--out", "-o", type=Path, required=True, help="output root; writes OUT/<case name>/")
+    _add_config(p)
+
+    p = sub.add_parser("batch", help="segment every case folder under a root folder")
+    p.add_argument("--input", "-i", type=Path, required=True, help="folder of case folders")
+    p.add_argument("--out", "-o", type=Path, required=True, help="output root")
+    p.add_argument("--workers", "-j", type=int, default=None, help="parallel worker processes (default: cores)")
+    p.add_argument("--force", action="store_true", help="redo cases whose outputs already exist")
+    _add_config(p)
+
+    p = sub.add_parser("skullstrip", help="write a brain mask for one image")
+    p.add_argument("image", type=Path)
+    p.add_argument("--out", "-o", type=Path, required=True, help="mask file (.nii.gz)")
+
+    p = sub.add_parser("evaluate", help="compare a label map with a ground truth; prints JSON")
+    p.add_argument("pred", type=Path)
+    p.add_argument("gt", type=Path)
+
+    p = sub.add_parser("phantom", help="write synthetic cases with exact ground truth")
+    p.add_argument("out", type=Path, help="output folder; one sub-folder per case")
+    p.add_argument("--n", type=int, default=1, help="number of cases")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first case")
+    p.add_argument("--skull", action="store_true", help="add a skull and scalp around the brain")
+    p.add_argument("--tumor", action="store_true", help="add a tumor (necrosis, enhancement, edema)")
+    p.add_argument("--shape", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"))
+    return parser
+
+
+def _config(args: argparse.Namespace):
+    from .config import load_config
+
+    overrides = {}
+    if getattr(args, "seed", None) is not None:
+        overrides["seed"] = args.seed
+    return load_config(args.config, overrides)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .io.cases import find_case
+    from .pipeline import segment_case
+    from .report.tables import jsonable
+
+    config = _config(args)
+    case = find_case(args.case_dir)
+    out_dir = args.out / case.case_id
+    result = segment_case(case, config, out_dir)
+    summary = {
+        "case": result.case_id,
+        "seconds": round(result.seconds, 2),
+        "outputs": {k: str(v) for k, v in result.outputs.items()},
+        "metrics": {k: v for k, v in result.metrics.items() if k.startswith("dice_")},
+    }
+    print(json.dumps(jsonable(summary), indent=2))
+    return 0
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from .batch import run_batch
+
+    config = _config(args)
+    report = run_batch(args.input, args.out, config, workers=args.workers, force=args.force)
+    n_fail = sum(1 for r in report if r["status"] == "failed")
+    print(f"{len(report) - n_fail} ok, {n_fail} failed; report: {args.out / 'report.csv'}")
+    return 1 if n_fail else 0
+
+
+def cmd_skullstrip(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .io.nifti import from_ras, load_volume, reorient_to_ras, save_volume
+    from .postprocess import fill_holes
+    from .preprocess.skullstrip import brain_mask_nonzero, is_brain_only, skullstrip
+
+    vol = load_volume(args.image)
+    ras = reorient_to_ras(vol)
+    if is_brain_only(ras.data):
+        mask = brain_mask_nonzero(ras.data)
+    else:
+        mask = skullstrip([ras.data], ras.spacing)
+    mask = fill_holes(mask)
+    if not mask.any():
+        raise SegmentError(f"{args.image}: empty brain mask")
+    save_volume(from_ras(mask.astype(np.uint8), vol), vol.affine, args.out, dtype=np.uint8)
+    ml = float(mask.sum() * vol.voxel_volume / 1000)
+    print(json.dumps({"mask": str(args.out), "brain_volume_ml": round(ml, 1)}))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .io.nifti import load_volume, same_grid
+    from .metrics import evaluate_labels
+    from .report.tables import jsonable
+    from .types import TISSUE_LABELS
+
+    pred = load_volume(args.pred, dtype=np.int16, allow_empty=True)
+    gt = load_volume(args.gt, dtype=np.int16, allow_empty=True)
+    if not same_grid(pred, gt, atol=1e-2):
+        raise SegmentError(
+            f"{args.pred}: prediction grid (shape {pred.shape}) differs from {args.gt} (shape {gt.shape}); "
+            "resample the prediction onto the ground truth's grid"
+        )
+    values = sorted(int(v) for v in np.union1d(np.unique(pred.data), np.unique(gt.data)) if v != 0)
+    names = {v: TISSUE_LABELS.get(v, str(v)) if set(values) <= {1, 2, 3} else str(v) for v in values}
+    metrics = evaluate_labels(pred.data, gt.data, names, gt.spacing)
+    print(json.dumps(jsonable(metrics), indent=2))
+    return 0
+
+
+def cmd_phantom(args: argparse.Namespace) -> int:
+    from .phantom import write_phantom_cases
+
+    if args.n < 1:
+        raise SegmentError("--n must be at least 1")
+    kwargs = {"skull": args.skull, "tumor": args.tumor}
+    if args.shape:
+        kwargs["shape"] = tuple(args.shape)
+    paths = write_phantom_cases(args.out, n=args.n, seed=args.seed, **kwargs)
+    for p in paths:
+        print(p)
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "batch": cmd_batch,
+    "skullstrip": cmd_skullstrip,
+    "evaluate": cmd_evaluate,
+    "phantom": cmd_phantom,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(message)s",
+    )
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"segment: error: {exc}", file=sys.stderr)
+        return 2
+    except SegmentError as exc:
+        print(f"segment: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("segment: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

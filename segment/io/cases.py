@@ -1,0 +1,189 @@
+"""Finding a case's files on disk and loading them onto one grid.
+
+File names are split into tokens (on ``-``, ``_``, ``.`` and spaces) and matched
+case-insensitively as whole tokens, so ``BraTS-GLI-00000-000-t1n.nii.gz``,
+``BraTS2021_00000_t1ce.nii.gz`` and ``t1.nii.gz`` are all recognised.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import GridError, InputError
+from ..types import MODALITIES, Case, Volume
+from .nifti import (
+    is_nifti_name,
+    load_volume,
+    reorient_to_ras,
+    resample_to,
+    same_grid,
+    strip_nifti_suffix,
+)
+
+#: Tokens that name each modality.
+MODALITY_TOKENS: dict[str, tuple[str, ...]] = {
+    "t1": ("t1", "t1n", "t1w", "t1native"),
+    "t1c": ("t1c", "t1ce", "t1gd", "t1post", "t1wce"),
+    "t2": ("t2", "t2w"),
+    "flair": ("flair", "t2f"),
+}
+#: Tokens that mark a ground-truth file.
+TRUTH_TOKENS = ("seg", "label", "labels", "gt", "truth")
+#: Tokens that mark a file we do not read as an image (masks, our own outputs).
+SKIP_TOKENS = ("mask", "overlay", "prob", "probs", "pve", "entropy", "tissue_pred")
+
+_SPLIT = re.compile(r"[-_.\s]+")
+
+
+def tokens(name: str) -> list[str]:
+    """Lower-case tokens of a file name without its NIfTI suffix."""
+    return [t for t in _SPLIT.split(strip_nifti_suffix(name).lower()) if t]
+
+
+def classify_file(name: str) -> tuple[str, str] | None:
+    """``('image', modality)``, ``('truth', kind)`` or None for a file name.
+
+    ``kind`` is ``'tissue'``, ``'tumor'`` or ``'seg'`` (decided later by the task).
+    """
+    toks = tokens(name)
+    if any(t in SKIP_TOKENS for t in toks):
+        return None
+    if any(t in TRUTH_TOKENS for t in toks):
+        if "tissue" in toks:
+            return ("truth", "tissue")
+        if "tumor" in toks or "tumour" in toks:
+            return ("truth", "tumor")
+        return ("truth", "seg")
+    found = [m for m, alts in MODALITY_TOKENS.items() if any(t in alts for t in toks)]
+    if len(found) == 1:
+        return ("image", found[0])
+    return None
+
+
+def find_case(case_dir: str | os.PathLike) -> Case:
+    """Find the modality and ground-truth files of one case folder.
+
+    Raises
+    ------
+    InputError
+        The folder does not exist, holds no recognised image, or two files claim one modality.
+    """
+    root = Path(case_dir)
+    if not root.exists():
+        raise InputError(f"{root}: case folder not found")
+    if not root.is_dir():
+        raise InputError(f"{root}: is a file, expected a folder holding one case's NIfTI files")
+    images: dict[str, Path] = {}
+    truth: dict[str, Path] = {}
+    others: list[str] = []
+    for p in sorted(root.iterdir()):
+        if p.name.startswith(".") or not p.is_file():
+            continue
+        if not is_nifti_name(p.name):
+            others.append(p.name)
+            continue
+        kind = classify_file(p.name)
+        if kind is None:
+            continue
+        what, key = kind
+        target = images if what == "image" else truth
+        if key in target:
+            raise InputError(
+                f"{root}: both {target[key].name} and {p.name} look like the {key} "
+                f"{'image' if what == 'image' else 'ground truth'}; keep one per case"
+            )
+        target[key] = p
+    if not images:
+        hint = f" (found non-NIfTI files: {', '.join(others[:4])})" if others else ""
+        raise InputError(
+            f"{root}: no image found; expected NIfTI files named by modality "
+            f"(t1/t1n, t1c/t1ce, t2/t2w, flair/t2f){hint}"
+        )
+    return Case(case_id=root.name, images=images, truth=truth, root=root)
+
+
+@dataclass
+class LoadedCase:
+    """A case's volumes on one grid, in RAS orientation.
+
+    ``images`` are float32 on the RAS version of the reference grid; ``reference`` is the
+    reference image as read from disk (its original orientation and affine), used to write
+    outputs in input space; ``truth`` maps kinds to integer label volumes on the RAS grid.
+    """
+
+    case: Case
+    reference: Volume
+    images: dict[str, Volume]
+    truth: dict[str, Volume] = field(default_factory=dict)
+    resampled: list[str] = field(default_factory=list)
+
+    @property
+    def grid(self) -> Volume:
+        """Any one of the RAS images (all share the grid)."""
+        return next(iter(self.images.values()))
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return self.grid.spacing
+
+    @property
+    def modalities(self) -> list[str]:
+        return [m for m in MODALITIES if m in self.images]
+
+
+def load_case(case: Case | str | os.PathLike, *, modalities: list[str] | None = None) -> LoadedCase:
+    """Load every modality of a case onto the reference grid (T1 if present), in RAS.
+
+    Images already on the reference grid are only reoriented (no interpolation); others are
+    resampled linearly by physical coordinates. Ground truth must lie on the reference grid.
+
+    Parameters
+    ----------
+    case : Case or path to a case folder
+    modalities : list of str, optional
+        Restrict to these modalities (those absent from the case are ignored).
+
+    Raises
+    ------
+    InputError, GridError
+    """
+    if not isinstance(case, Case):
+        case = find_case(case)
+    wanted = [m for m in MODALITIES if m in case.images and (modalities is None or m in modalities)]
+    if not wanted:
+        raise InputError(
+            f"{case.root or case.case_id}: none of the requested modalities {modalities} "
+            f"is present (found {sorted(case.images)})"
+        )
+    ref_mod = next(m for m in MODALITIES if m in wanted)
+    raw: dict[str, Volume] = {
+        m: load_volume(case.images[m], channel=case.channels.get(m)) for m in wanted
+    }
+    reference = raw[ref_mod]
+    ref_ras = reorient_to_ras(reference)
+    images: dict[str, Volume] = {}
+    resampled: list[str] = []
+    for m in wanted:
+        vol = raw[m]
+        if m == ref_mod or same_grid(vol, reference):
+            images[m] = reorient_to_ras(vol) if m != ref_mod else ref_ras
+        else:
+            images[m] = resample_to(vol, ref_ras, order=1)
+            resampled.append(m)
+    truth: dict[str, Volume] = {}
+    for kind, path in case.truth.items():
+        t = load_volume(path, dtype=np.int16, allow_empty=True)
+        if not same_grid(t, reference, atol=1e-2):
+            raise GridError(
+                f"{path}: ground truth is on another grid than {reference.path.name if reference.path else ref_mod} "
+                f"(shape {t.shape} vs {reference.shape}); resample it onto the {ref_mod} image "
+                "with nearest-neighbour interpolation"
+            )
+        if t.data.min() < 0:
+            raise InputError(f"{path}: ground truth has negative labels {sorted(np.unique(t.data[t.data < 0]))[:5]}")
+        truth[kind] = reorient_to_ras(t)
+    return LoadedCase(case=case, reference=reference, images=images, truth=truth, resampled=resampled)
