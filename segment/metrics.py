@@ -713,7 +713,7 @@ def map_tumor_labels(arr, coding: str = "auto", *, source: str | None = None) ->
     [0, 2, 1, 3]
     """
     arr = np.asarray(arr)
-    where = f" in {source}" if source else ""
+    where = f"{source}: " if source else ""
     present = _present_labels(arr)
     if coding == "auto":
         coding = "brats2021" if np.any(present == 4) else "brats2023"
@@ -723,7 +723,7 @@ def map_tumor_labels(arr, coding: str = "auto", *, source: str | None = None) ->
     bad = [v for v in present if not (float(v).is_integer() and int(v) in table)]
     if bad:
         raise InputError(
-            f"unexpected tumor labels {_fmt(bad)}{where} for coding {coding!r} "
+            f"{where}unexpected tumor labels {_fmt(bad)} for coding {coding!r} "
             f"(expected {_fmt(sorted(table))}); check the ground truth file or set the tumor coding"
         )
     lut = np.zeros(max(table) + 1, np.uint8)
