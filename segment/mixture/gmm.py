@@ -1,0 +1,888 @@
+"""Gaussian mixture models fitted by EM, with scikit-learn's API and compiled kernels.
+
+:class:`GaussianMixture` follows ``sklearn.mixture.GaussianMixture`` (same parameters, same
+stopping rule, same fitted attributes) and adds ``sample_weight``: a weighted EM in which every
+sample counts ``sample_weight[i]`` times, so that data with many repeated values can be fitted
+exactly on their unique values and counts (see :func:`unique_with_counts`).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+
+import numpy as np
+
+from segment.errors import ConvergenceWarning, SegmentError
+from segment.mixture import _kernels as K_
+
+__all__ = ["GaussianMixture", "unique_with_counts", "FitError"]
+
+_COV_TYPES = ("full", "tied", "diag", "spherical")
+_INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+class FitError(SegmentError, ValueError):
+    """A mixture cannot be fitted to the data as given (ill-defined covariance, bad values)."""
+
+
+_ILL_MSG = (
+    "Fitting the mixture model failed because component {k} has an ill-defined empirical "
+    "covariance (for instance caused by singleton or collapsed samples). Try to decrease the "
+    "number of components, increase reg_covar (now {reg:g}), or scale the input data."
+)
+
+
+def _check_random_state(seed):
+    if seed is None or seed is np.random:
+        return np.random.mtrand._rand
+    if isinstance(seed, numbers.Integral):
+        return np.random.RandomState(int(seed))
+    if isinstance(seed, np.random.RandomState):
+        return seed
+    raise ValueError(f"random_state must be None, an int or a numpy RandomState, got {seed!r}")
+
+
+def unique_with_counts(X, return_inverse=False):
+    """Compress data to its distinct rows and their multiplicities.
+
+    Fitting ``GaussianMixture`` on ``(U, sample_weight=counts)`` is the same EM as fitting it
+    on ``X`` (up to floating-point summation order), at a fraction of the cost when values
+    repeat, e.g. one image channel of integer intensities.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples,) or (n_samples, n_features)
+        Data.
+    return_inverse : bool, default=False
+        Also return indices that rebuild ``X`` from ``U``.
+
+    Returns
+    -------
+    U : ndarray of shape (n_unique, n_features)
+        Distinct rows of ``X`` in sorted order (1-D input gives one column).
+    counts : ndarray of shape (n_unique,), float64
+        How many times each row occurs, usable as ``sample_weight``.
+    inverse : ndarray of shape (n_samples,), intp
+        Only when ``return_inverse``: ``U[inverse]`` equals ``X`` (as 2-D).
+
+    Examples
+    --------
+    >>> U, counts = unique_with_counts(np.array([1.0, 2.0, 2.0, 5.0]))
+    >>> U.ravel().tolist(), counts.tolist()
+    ([1.0, 2.0, 5.0], [1.0, 2.0, 1.0])
+    """
+    X = np.asarray(X)
+    if X.ndim == 1:
+        X = X[:, None]
+    if X.ndim != 2:
+        raise ValueError(f"X must be 1-D or 2-D, got shape {X.shape}")
+    if X.shape[1] == 1:
+        U, inv, counts = np.unique(X[:, 0], return_inverse=True, return_counts=True)
+        U = U[:, None]
+    else:
+        U, inv, counts = np.unique(X, axis=0, return_inverse=True, return_counts=True)
+    counts = counts.astype(np.float64)
+    if return_inverse:
+        return U, counts, np.asarray(inv).reshape(-1)
+    return U, counts
+
+
+class GaussianMixture:
+    """Gaussian mixture model fitted by expectation-maximisation.
+
+    Drop-in for ``sklearn.mixture.GaussianMixture``: the same parameters, attributes, stopping
+    rule (stop when the mean log-likelihood changes by less than ``tol``) and, from the same
+    initial parameters, the same iterates. Each EM iteration is one fused, parallel, compiled
+    pass over the data that never stores the ``(n_samples, n_components)`` responsibilities.
+
+    Parameters
+    ----------
+    n_components : int, default=1
+        Number of mixture components.
+    covariance_type : {'full', 'tied', 'diag', 'spherical'}, default='full'
+        Shape of each component's covariance.
+    tol : float, default=1e-3
+        Convergence threshold on the change of the (weighted) mean log-likelihood.
+    reg_covar : float, default=1e-6
+        Non-negative value added to the diagonal of every covariance.
+    max_iter : int, default=100
+        Number of EM iterations per initialisation.
+    n_init : int, default=1
+        Number of initialisations; the best (highest lower bound) is kept.
+    init_params : {'kmeans', 'k-means++', 'random', 'random_from_data'}, default='kmeans'
+        How responsibilities are initialised (as in scikit-learn; k-means is our own).
+    weights_init : array-like of shape (n_components,), default=None
+    means_init : array-like of shape (n_components, n_features), default=None
+    precisions_init : array-like, default=None
+        Shape (n_components, n_features, n_features) for 'full', (n_features, n_features) for
+        'tied', (n_components, n_features) for 'diag', (n_components,) for 'spherical'.
+    random_state : int, RandomState or None, default=None
+        Seed of every random choice (initialisation and :meth:`sample`).
+    warm_start : bool, default=False
+        Start the next ``fit`` from the current solution (``n_init`` is then ignored).
+    dtype : {numpy.float64, numpy.float32}, default=numpy.float64
+        Precision of the E-step arithmetic. Fitted attributes are always float64.
+    verbose : int, default=0
+        Print the change of lower bound at each iteration when > 0.
+
+    Attributes
+    ----------
+    weights_ : ndarray of shape (n_components,)
+    means_ : ndarray of shape (n_components, n_features)
+    covariances_ : ndarray
+        Shape depends on ``covariance_type`` as for ``precisions_init``.
+    precisions_ : ndarray
+    precisions_cholesky_ : ndarray
+        Upper-triangular ``U`` with ``precision = U @ U.T`` (full/tied), else ``sqrt``.
+    converged_ : bool
+    n_iter_ : int
+    lower_bound_ : float
+        Weighted mean log-likelihood of the training data at the last E-step.
+    lower_bounds_ : list of float
+        Lower bound after each iteration of the best initialisation.
+    n_features_in_ : int
+
+    Examples
+    --------
+    >>> rng = np.random.RandomState(0)
+    >>> X = np.concatenate([rng.normal(0, 1, 300), rng.normal(5, 1, 700)])[:, None]
+    >>> gm = GaussianMixture(2, random_state=0).fit(X)
+    >>> np.round(np.sort(gm.means_.ravel()))
+    array([0., 5.])
+    """
+
+    def __init__(
+        self,
+        n_components=1,
+        *,
+        covariance_type="full",
+        tol=1e-3,
+        reg_covar=1e-6,
+        max_iter=100,
+        n_init=1,
+        init_params="kmeans",
+        weights_init=None,
+        means_init=None,
+        precisions_init=None,
+        random_state=None,
+        warm_start=False,
+        dtype=np.float64,
+        verbose=0,
+    ):
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.tol = tol
+        self.reg_covar = reg_covar
+        self.max_iter = max_iter
+        self.n_init = n_init
+        self.init_params = init_params
+        self.weights_init = weights_init
+        self.means_init = means_init
+        self.precisions_init = precisions_init
+        self.random_state = random_state
+        self.warm_start = warm_start
+        self.dtype = dtype
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ parameters / input
+    def get_params(self, deep=True):
+        """Constructor arguments as a dict (scikit-learn convention)."""
+        names = (
+            "n_components covariance_type tol reg_covar max_iter n_init init_params "
+            "weights_init means_init precisions_init random_state warm_start dtype verbose"
+        ).split()
+        return {n: getattr(self, n) for n in names}
+
+    def set_params(self, **params):
+        """Set constructor arguments (scikit-learn convention)."""
+        valid = self.get_params()
+        for k, v in params.items():
+            if k not in valid:
+                raise ValueError(f"invalid parameter {k!r} for GaussianMixture")
+            setattr(self, k, v)
+        return self
+
+    def __repr__(self):
+        defaults = GaussianMixture().get_params()
+        args = [repr(self.n_components)] if self.n_components != 1 else []
+        for k, v in self.get_params().items():
+            if k == "n_components":
+                continue
+            dv = defaults[k]
+            same = v is dv if (isinstance(v, np.ndarray) or isinstance(dv, np.ndarray)) else v == dv
+            if not same:
+                args.append(f"{k}={v!r}")
+        return f"GaussianMixture({', '.join(args)})"
+
+    def _work_dtype(self):
+        dt = np.dtype(self.dtype)
+        if dt not in (np.dtype(np.float64), np.dtype(np.float32)):
+            raise ValueError(f"dtype must be numpy.float64 or numpy.float32, got {self.dtype!r}")
+        return dt
+
+    def _check_parameters(self, n_features):
+        if not isinstance(self.n_components, numbers.Integral) or self.n_components < 1:
+            raise ValueError(f"n_components must be an integer >= 1, got {self.n_components!r}")
+        if self.covariance_type not in _COV_TYPES:
+            raise ValueError(
+                f"covariance_type must be one of {_COV_TYPES}, got {self.covariance_type!r}"
+            )
+        if self.init_params not in _INIT_PARAMS:
+            raise ValueError(f"init_params must be one of {_INIT_PARAMS}, got {self.init_params!r}")
+        if not (self.tol >= 0):
+            raise ValueError(f"tol must be >= 0, got {self.tol!r}")
+        if not (self.reg_covar >= 0):
+            raise ValueError(f"reg_covar must be >= 0, got {self.reg_covar!r}")
+        if not isinstance(self.max_iter, numbers.Integral) or self.max_iter < 0:
+            raise ValueError(f"max_iter must be an integer >= 0, got {self.max_iter!r}")
+        if not isinstance(self.n_init, numbers.Integral) or self.n_init < 1:
+            raise ValueError(f"n_init must be an integer >= 1, got {self.n_init!r}")
+        self._work_dtype()
+        K, d = self.n_components, n_features
+        if self.weights_init is not None:
+            w = np.asarray(self.weights_init, dtype=np.float64)
+            if w.shape != (K,):
+                raise ValueError(f"weights_init must have shape ({K},), got {w.shape}")
+            if np.any(w < 0) or np.any(w > 1) or not np.allclose(w.sum(), 1.0, rtol=0, atol=1e-6):
+                raise ValueError(
+                    "weights_init must lie in [0, 1] and sum to 1, got sum "
+                    f"{w.sum():.6f}"
+                )
+        if self.means_init is not None:
+            m = np.asarray(self.means_init, dtype=np.float64)
+            if m.shape != (K, d):
+                raise ValueError(f"means_init must have shape ({K}, {d}), got {m.shape}")
+        if self.precisions_init is not None:
+            p = np.asarray(self.precisions_init, dtype=np.float64)
+            shape = {
+                "full": (K, d, d),
+                "tied": (d, d),
+                "diag": (K, d),
+                "spherical": (K,),
+            }[self.covariance_type]
+            if p.shape != shape:
+                raise ValueError(
+                    f"precisions_init for covariance_type={self.covariance_type!r} must have "
+                    f"shape {shape}, got {p.shape}"
+                )
+            if self.covariance_type in ("diag", "spherical"):
+                if np.any(p <= 0):
+                    raise ValueError("precisions_init must be positive")
+            else:
+                mats = p if p.ndim == 3 else p[None]
+                for k, mat in enumerate(mats):
+                    if not np.allclose(mat, mat.T) or np.any(np.linalg.eigvalsh(mat) <= 0):
+                        raise ValueError(
+                            f"precisions_init[{k}] must be symmetric positive definite"
+                        )
+
+    def _validate_X(self, X, reset):
+        dt = self._work_dtype()
+        X = np.asarray(X)
+        if X.dtype.kind not in "fiub":
+            raise ValueError(f"X must be numeric, got dtype {X.dtype}")
+        if X.ndim == 1 and not reset and getattr(self, "n_features_in_", None) == 1:
+            X = X[:, None]
+        if X.ndim != 2:
+            raise ValueError(
+                f"X must be 2-D of shape (n_samples, n_features), got shape {X.shape}; "
+                "reshape 1-D data with X[:, None]"
+            )
+        if X.shape[0] < 1 or X.shape[1] < 1:
+            raise ValueError(f"X must be non-empty, got shape {X.shape}")
+        X = np.asarray(X, dtype=dt)
+        if not np.isfinite(X).all():
+            bad = ~np.isfinite(X)
+            n_nan = int(np.isnan(X).sum())
+            n_inf = int(bad.sum()) - n_nan
+            r, c = np.argwhere(bad)[0]
+            raise ValueError(
+                f"X contains {n_nan} NaN and {n_inf} infinite values (first at row {r}, "
+                f"column {c}); remove or impute them before fitting"
+            )
+        if not reset:
+            d = self.means_.shape[1]
+            if X.shape[1] != d:
+                raise ValueError(f"X has {X.shape[1]} features, but the model was fitted on {d}")
+        return X
+
+    @staticmethod
+    def _validate_weight(sample_weight, n):
+        if sample_weight is None:
+            return None
+        w = np.asarray(sample_weight, dtype=np.float64)
+        if w.ndim == 0:
+            w = np.full(n, float(w))
+        if w.shape != (n,):
+            raise ValueError(f"sample_weight must have shape ({n},), got {w.shape}")
+        if not np.isfinite(w).all():
+            raise ValueError("sample_weight contains NaN or infinite values")
+        if np.any(w < 0):
+            raise ValueError("sample_weight must be non-negative")
+        if not w.sum() > 0:
+            raise ValueError("sample_weight must have a positive sum")
+        return w
+
+    # ------------------------------------------------------------------ internal forms
+    def _full_pchol(self):
+        """Precision Cholesky as (K, d, d) upper-triangular for every covariance type."""
+        pc = self.precisions_cholesky_
+        K, d = self.means_.shape
+        ct = self.covariance_type
+        if ct == "full":
+            return pc
+        if ct == "tied":
+            return np.broadcast_to(pc, (K, d, d)).copy()
+        if ct == "diag":
+            out = np.zeros((K, d, d))
+            idx = np.arange(d)
+            out[:, idx, idx] = pc
+            return out
+        return pc[:, None, None] * np.eye(d)[None]
+
+    def _kernel_params(self, dt):
+        pcf = self._full_pchol()
+        d = self.means_.shape[1]
+        logdet = np.log(np.diagonal(pcf, axis1=1, axis2=2)).sum(axis=1)
+        with np.errstate(divide="ignore"):
+            lconst = np.log(self.weights_) + logdet - 0.5 * d * _LOG_2PI
+        return (
+            np.ascontiguousarray(self.means_, dtype=dt),
+            np.ascontiguousarray(pcf, dtype=dt),
+            np.ascontiguousarray(lconst, dtype=dt),
+        )
+
+    def _set_from_covariances(self, covariances):
+        """Set ``covariances_`` and ``precisions_cholesky_``; raise FitError when not PD."""
+        ct = self.covariance_type
+        self.covariances_ = covariances
+        if ct in ("full", "tied"):
+            cov = covariances if ct == "full" else covariances[None]
+            cov = np.ascontiguousarray(cov, dtype=np.float64)
+            out = np.zeros_like(cov)
+            bad = K_.precision_cholesky(cov, out)
+            if bad >= 0:
+                raise FitError(_ILL_MSG.format(k=bad, reg=self.reg_covar))
+            self.precisions_cholesky_ = out if ct == "full" else out[0]
+        else:
+            if np.any(~(covariances > 0)):
+                bad = int(np.argwhere(~(covariances > 0))[0][0])
+                raise FitError(_ILL_MSG.format(k=bad, reg=self.reg_covar))
+            self.precisions_cholesky_ = 1.0 / np.sqrt(covariances)
+
+    def _set_precisions(self):
+        pc = self.precisions_cholesky_
+        ct = self.covariance_type
+        if ct == "full":
+            self.precisions_ = np.einsum("kij,klj->kil", pc, pc)
+        elif ct == "tied":
+            self.precisions_ = pc @ pc.T
+        else:
+            self.precisions_ = pc**2
+
+    # ------------------------------------------------------------------ initialisation
+    def _initialize_parameters(self, X, Xt, w, rs):
+        n, d = X.shape
+        K = self.n_components
+        need_resp = not (
+            self.weights_init is not None
+            and self.means_init is not None
+            and self.precisions_init is not None
+        )
+        resp = None
+        if need_resp or self.init_params in ("random", "random_from_data"):
+            # keep the random stream identical to scikit-learn's for 'random'/'random_from_data'
+            if self.init_params == "kmeans":
+                labels = _kmeans(Xt, w, K, rs)
+                resp = np.zeros((n, K))
+                resp[np.arange(n), labels] = 1.0
+            elif self.init_params == "k-means++":
+                idx = _kmeans_plusplus(X, w, K, rs)
+                resp = np.zeros((n, K))
+                resp[idx, np.arange(K)] = 1.0
+            elif self.init_params == "random":
+                resp = rs.uniform(size=(n, K))
+                resp /= resp.sum(axis=1)[:, None]
+            else:
+                idx = rs.choice(n, size=K, replace=False)
+                resp = np.zeros((n, K))
+                resp[idx, np.arange(K)] = 1.0
+        Xd = np.asarray(X, dtype=np.float64)
+        if resp is not None and need_resp:
+            weights, means, covs = _estimate_params_dense(
+                Xd, resp, w, self.reg_covar, self.covariance_type
+            )
+            weights = weights / (n if w is None else w.sum())
+        else:
+            weights = means = covs = None
+        self.weights_ = (
+            weights if self.weights_init is None else np.array(self.weights_init, dtype=np.float64)
+        )
+        self.means_ = means if self.means_init is None else np.array(self.means_init, dtype=np.float64)
+        if self.precisions_init is None:
+            self._set_from_covariances(covs)
+        else:
+            self.precisions_cholesky_ = _pchol_from_precisions(
+                np.asarray(self.precisions_init, dtype=np.float64), self.covariance_type
+            )
+            self.covariances_ = _covariances_from_pchol(
+                self.precisions_cholesky_, self.covariance_type
+            )
+
+    # ------------------------------------------------------------------ EM
+    def _em_stats(self, Xt, w):
+        """E-step with the current parameters, fused with the M-step statistics."""
+        dt = Xt.dtype
+        d, n = Xt.shape
+        K = self.n_components
+        means, pchol, lconst = self._kernel_params(dt)
+        nch = (n + K_.CHUNK - 1) // K_.CHUNK
+        stats = np.empty((nch, K, 1 + d + d * d))
+        ll = np.empty(nch)
+        wk = np.empty(0, dtype=dt) if w is None else w.astype(dt)
+        K_.em_pass(Xt, wk, means, pchol, lconst, stats, ll)
+        tot = stats.sum(axis=0)
+        wsum = float(n) if w is None else float(w.sum())
+        return ll.sum() / wsum, tot, means.astype(np.float64)
+
+    def _m_step(self, tot, m0, wsum):
+        K = self.n_components
+        d = m0.shape[1]
+        ct = self.covariance_type
+        nraw = tot[:, 0]
+        S1 = tot[:, 1 : 1 + d]
+        S2 = tot[:, 1 + d :].reshape(K, d, d)
+        nk = nraw + 10 * np.finfo(np.float64).eps
+        means = (S1 + nraw[:, None] * m0) / nk[:, None]
+        delta = means - m0
+        # sum_i r_ik (x_i - mu_k)(x_i - mu_k)^T from moments centred at the old means
+        C = (
+            S2
+            - S1[:, :, None] * delta[:, None, :]
+            - delta[:, :, None] * S1[:, None, :]
+            + nraw[:, None, None] * delta[:, :, None] * delta[:, None, :]
+        )
+        C = 0.5 * (C + np.swapaxes(C, 1, 2))
+        reg = self.reg_covar
+        if ct == "full":
+            covs = C / nk[:, None, None]
+            covs[:, np.arange(d), np.arange(d)] += reg
+        elif ct == "tied":
+            covs = C.sum(axis=0) / nk.sum()
+            covs[np.arange(d), np.arange(d)] += reg
+        elif ct == "diag":
+            covs = np.diagonal(C, axis1=1, axis2=2) / nk[:, None] + reg
+        else:
+            covs = (np.diagonal(C, axis1=1, axis2=2) / nk[:, None] + reg).mean(axis=1)
+        self.weights_ = nk / nk.sum()
+        self.means_ = means
+        self._set_from_covariances(covs)
+        return nraw
+
+    def fit(self, X, y=None, sample_weight=None):
+        """Estimate the parameters with EM.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data; must be finite.
+        y : ignored
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weight of each sample (multiplicity); ``None`` means all ones.
+
+        Returns
+        -------
+        self : GaussianMixture
+        """
+        self.fit_predict(X, y, sample_weight=sample_weight)
+        return self
+
+    def fit_predict(self, X, y=None, sample_weight=None):
+        """Fit, then return the most probable component of each sample.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : ignored
+        sample_weight : array-like of shape (n_samples,), default=None
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,), int64
+        """
+        X = self._validate_X(X, reset=True)
+        n, d = X.shape
+        if n < 2:
+            raise ValueError(f"Expected n_samples >= 2, got n_samples = {n}")
+        if n < self.n_components:
+            raise ValueError(
+                "Expected n_samples >= n_components but got "
+                f"n_components = {self.n_components}, n_samples = {n}"
+            )
+        self._check_parameters(d)
+        w = self._validate_weight(sample_weight, n)
+        wsum = float(n) if w is None else float(w.sum())
+        Xt = np.ascontiguousarray(X.T)
+        do_init = not (self.warm_start and hasattr(self, "converged_"))
+        n_init = self.n_init if do_init else 1
+        max_lower_bound = -np.inf
+        best_params = None
+        best_n_iter = 0
+        best_lbs: list[float] = []
+        self.converged_ = False
+        rs = _check_random_state(self.random_state)
+        for init in range(n_init):
+            if self.verbose:
+                print(f"Initialization {init}")
+            if do_init:
+                self._initialize_parameters(X, Xt, w, rs)
+            lower_bound = -np.inf if do_init else self.lower_bound_
+            lbs: list[float] = []
+            if self.max_iter == 0:
+                best_params = self._get_parameters()
+                best_n_iter = 0
+                continue
+            converged = False
+            n_iter = 0
+            for n_iter in range(1, self.max_iter + 1):
+                prev = lower_bound
+                lower_bound, tot, m0 = self._em_stats(Xt, w)
+                self._m_step(tot, m0, wsum)
+                lbs.append(lower_bound)
+                change = lower_bound - prev
+                if self.verbose:
+                    print(f"  Iteration {n_iter}\t lower bound {lower_bound:.8f}\t change {change:.3e}")
+                if abs(change) < self.tol:
+                    converged = True
+                    break
+            if lower_bound > max_lower_bound or max_lower_bound == -np.inf:
+                max_lower_bound = lower_bound
+                best_params = self._get_parameters()
+                best_n_iter = n_iter
+                best_lbs = lbs
+                self.converged_ = converged
+        if not self.converged_ and self.max_iter > 0:
+            warnings.warn(
+                "Best performing initialization did not converge. Try different init "
+                "parameters, or increase max_iter, tol, or check for degenerate data.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        self._set_parameters(best_params)
+        self.n_iter_ = best_n_iter
+        self.lower_bound_ = max_lower_bound
+        self.lower_bounds_ = best_lbs
+        self.n_features_in_ = d
+        log_resp, _ = self._log_resp(Xt)
+        return log_resp.argmax(axis=1)
+
+    def _get_parameters(self):
+        return (
+            self.weights_.copy(),
+            self.means_.copy(),
+            np.array(self.covariances_, copy=True),
+            self.precisions_cholesky_.copy(),
+        )
+
+    def _set_parameters(self, params):
+        self.weights_, self.means_, self.covariances_, self.precisions_cholesky_ = params
+        self._set_precisions()
+
+    # ------------------------------------------------------------------ inference
+    def _check_fitted(self):
+        if not hasattr(self, "means_") or not hasattr(self, "precisions_cholesky_"):
+            raise AttributeError(
+                "This GaussianMixture instance is not fitted yet; call fit(X) first"
+            )
+
+    def _log_resp(self, Xt):
+        dt = Xt.dtype
+        n = Xt.shape[1]
+        means, pchol, lconst = self._kernel_params(dt)
+        log_resp = np.empty((n, self.n_components), dtype=dt)
+        lpn = np.empty(n, dtype=dt)
+        K_.logresp_pass(Xt, means, pchol, lconst, log_resp, lpn)
+        return log_resp, lpn
+
+    def _prepare(self, X):
+        self._check_fitted()
+        X = self._validate_X(X, reset=False)
+        return np.ascontiguousarray(X.T)
+
+    def predict(self, X):
+        """Most probable component of each sample.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,), int64
+        """
+        log_resp, _ = self._log_resp(self._prepare(X))
+        return log_resp.argmax(axis=1)
+
+    def predict_proba(self, X):
+        """Posterior probability of each component for each sample.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        resp : ndarray of shape (n_samples, n_components), rows sum to 1
+            In the working ``dtype``.
+        """
+        log_resp, _ = self._log_resp(self._prepare(X))
+        return np.exp(log_resp)
+
+    def score_samples(self, X):
+        """Log-likelihood of each sample under the model.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        log_prob : ndarray of shape (n_samples,)
+        """
+        _, lpn = self._log_resp(self._prepare(X))
+        return lpn.astype(np.float64)
+
+    def score(self, X, y=None, sample_weight=None):
+        """(Weighted) mean log-likelihood of ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : ignored
+        sample_weight : array-like of shape (n_samples,), default=None
+
+        Returns
+        -------
+        float
+        """
+        lp = self.score_samples(X)
+        w = self._validate_weight(sample_weight, lp.shape[0])
+        if w is None:
+            return float(lp.mean())
+        return float(np.dot(lp, w) / w.sum())
+
+    def _n_parameters(self):
+        d = self.means_.shape[1]
+        K = self.n_components
+        cov_params = {
+            "full": K * d * (d + 1) / 2.0,
+            "diag": K * d,
+            "tied": d * (d + 1) / 2.0,
+            "spherical": K,
+        }[self.covariance_type]
+        return int(cov_params + d * K + K - 1)
+
+    def bic(self, X, sample_weight=None):
+        """Bayesian information criterion on ``X`` (lower is better).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        sample_weight : array-like of shape (n_samples,), default=None
+            Multiplicities; the sample count is then ``sample_weight.sum()``.
+
+        Returns
+        -------
+        float
+        """
+        n = _n_eff(X, sample_weight)
+        return -2 * self.score(X, sample_weight=sample_weight) * n + self._n_parameters() * math.log(n)
+
+    def aic(self, X, sample_weight=None):
+        """Akaike information criterion on ``X`` (lower is better).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        sample_weight : array-like of shape (n_samples,), default=None
+
+        Returns
+        -------
+        float
+        """
+        n = _n_eff(X, sample_weight)
+        return -2 * self.score(X, sample_weight=sample_weight) * n + 2 * self._n_parameters()
+
+    def sample(self, n_samples=1):
+        """Draw samples from the fitted mixture (scikit-learn's random stream).
+
+        Parameters
+        ----------
+        n_samples : int, default=1
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features)
+        y : ndarray of shape (n_samples,), int64
+            Component of each sample.
+        """
+        self._check_fitted()
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        _, d = self.means_.shape
+        rng = _check_random_state(self.random_state)
+        counts = rng.multinomial(n_samples, self.weights_)
+        ct = self.covariance_type
+        if ct == "full":
+            parts = [
+                rng.multivariate_normal(m, c, int(s))
+                for m, c, s in zip(self.means_, self.covariances_, counts)
+            ]
+        elif ct == "tied":
+            parts = [rng.multivariate_normal(m, self.covariances_, int(s)) for m, s in zip(self.means_, counts)]
+        else:
+            parts = [
+                m + rng.standard_normal(size=(s, d)) * np.sqrt(c)
+                for m, c, s in zip(self.means_, self.covariances_, counts)
+            ]
+        X = np.vstack(parts)
+        y = np.concatenate([np.full(int(s), j, dtype=np.int64) for j, s in enumerate(counts)])
+        return X, y
+
+
+def _n_eff(X, sample_weight):
+    n = np.asarray(X).shape[0]
+    if sample_weight is None:
+        return n
+    return float(np.sum(sample_weight))
+
+
+# ---------------------------------------------------------------------- helpers
+def _estimate_params_dense(X, resp, w, reg, ct):
+    """scikit-learn's ``_estimate_gaussian_parameters`` with sample weights folded into resp."""
+    if w is not None:
+        resp = resp * w[:, None]
+    K = resp.shape[1]
+    d = X.shape[1]
+    nk = resp.sum(axis=0) + 10 * np.finfo(np.float64).eps
+    means = (resp.T @ X) / nk[:, None]
+    if ct == "tied":
+        covs = (X.T * (resp.sum(axis=1))) @ X - (nk * means.T) @ means
+        covs /= nk.sum()
+        covs[np.arange(d), np.arange(d)] += reg
+    else:
+        full = np.empty((K, d, d))
+        for k in range(K):
+            diff = X - means[k]
+            full[k] = (resp[:, k] * diff.T) @ diff / nk[k]
+        if ct == "full":
+            covs = full
+            covs[:, np.arange(d), np.arange(d)] += reg
+        else:
+            covs = np.diagonal(full, axis1=1, axis2=2) + reg
+            if ct == "spherical":
+                covs = covs.mean(axis=1)
+    return nk, means, covs
+
+
+def _flipudlr(a):
+    return a[::-1, ::-1]
+
+
+def _pchol_from_precisions(P, ct):
+    if ct == "full":
+        return np.stack([_flipudlr(np.linalg.cholesky(_flipudlr(p))) for p in P])
+    if ct == "tied":
+        return _flipudlr(np.linalg.cholesky(_flipudlr(P)))
+    return np.sqrt(P)
+
+
+def _covariances_from_pchol(pc, ct):
+    if ct == "full":
+        return np.stack([np.linalg.inv(u @ u.T) for u in pc])
+    if ct == "tied":
+        return np.linalg.inv(pc @ pc.T)
+    return 1.0 / pc**2
+
+
+def _kmeans_plusplus(X, w, K, rs):
+    """Greedy k-means++ seeding (as scikit-learn's); returns the chosen sample indices."""
+    n = X.shape[0]
+    X = np.asarray(X, dtype=np.float64)
+    p = None if w is None else w / w.sum()
+    wv = np.ones(n) if w is None else w
+    n_trials = 2 + int(np.log(K))
+    idx = np.empty(K, dtype=np.intp)
+    first = rs.choice(n, p=p)
+    idx[0] = first
+    closest = ((X - X[first]) ** 2).sum(axis=1)
+    pot = float(wv @ closest)
+    for c in range(1, K):
+        if not pot > 0:
+            # fewer distinct points than components: reuse a chosen point
+            idx[c] = idx[(c - 1) % c]
+            continue
+        rv = rs.uniform(size=n_trials) * pot
+        cands = np.searchsorted(np.cumsum(wv * closest), rv)
+        np.clip(cands, None, n - 1, out=cands)
+        best_pot, best_cand, best_d = np.inf, -1, None
+        for cand in cands:
+            dcand = np.minimum(closest, ((X - X[cand]) ** 2).sum(axis=1))
+            pc = float(wv @ dcand)
+            if pc < best_pot:
+                best_pot, best_cand, best_d = pc, cand, dcand
+        idx[c] = best_cand
+        closest, pot = best_d, best_pot
+    return idx
+
+
+def _kmeans(Xt, w, K, rs, max_iter=300, tol=1e-4):
+    """Weighted Lloyd k-means from a k-means++ start; returns labels of shape (n_samples,)."""
+    d, n = Xt.shape
+    X = Xt.T
+    idx = _kmeans_plusplus(X, w, K, rs)
+    centers = np.ascontiguousarray(X[idx], dtype=np.float64)
+    n_distinct = len(np.unique(centers, axis=0))
+    if n_distinct < K:
+        warnings.warn(
+            f"X has only {n_distinct} distinct points, fewer than n_components={K}; "
+            "the extra components start as copies of others",
+            UserWarning,
+            stacklevel=4,
+        )
+    var = np.var(np.asarray(X, dtype=np.float64), axis=0).mean()
+    thr = tol * var
+    nch = (n + K_.CHUNK - 1) // K_.CHUNK
+    sums = np.empty((nch, K, d + 1))
+    labels = np.empty(n, dtype=np.int64)
+    mind = np.empty(n, dtype=np.float64)
+    wk = np.empty(0, dtype=Xt.dtype) if w is None else w.astype(Xt.dtype)
+    cdt = Xt.dtype
+    for _ in range(max_iter):
+        K_.kmeans_pass(Xt, wk, centers.astype(cdt), labels, mind, sums)
+        tot = sums.sum(axis=0)
+        cnt = tot[:, 0]
+        new = centers.copy()
+        nz = cnt > 0
+        new[nz] = tot[nz, 1:] / cnt[nz, None]
+        empty = np.flatnonzero(~nz)
+        if len(empty) and n_distinct >= K:
+            # relocate empty clusters to the points farthest from their centers
+            far = np.argsort(-mind, kind="stable")[: len(empty)]
+            new[empty] = X[far]
+        shift = ((new - centers) ** 2).sum()
+        centers = new
+        if shift <= thr:
+            break
+    K_.kmeans_pass(Xt, wk, centers.astype(cdt), labels, mind, sums)
+    if n_distinct < K:
+        # give every empty cluster half of the largest one so that no component starts empty
+        cnt = np.bincount(labels, minlength=K)
+        for k in np.flatnonzero(cnt == 0):
+            big = int(np.argmax(cnt))
+            members = np.flatnonzero(labels == big)
+            labels[members[: len(members) // 2]] = k
+            cnt = np.bincount(labels, minlength=K)
+    return labels
