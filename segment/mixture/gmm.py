@@ -392,8 +392,9 @@ class GaussianMixture:
             and self.precisions_init is not None
         )
         resp = None
-        if need_resp or self.init_params in ("random", "random_from_data"):
-            # keep the random stream identical to scikit-learn's for 'random'/'random_from_data'
+        if need_resp:
+            # the random stream is consumed exactly as scikit-learn does for 'random' and
+            # 'random_from_data', so both start from the same responsibilities
             if self.init_params == "kmeans":
                 labels = _kmeans(Xt, w, K, rs)
                 resp = np.zeros((n, K))
@@ -465,6 +466,7 @@ class GaussianMixture:
             + nraw[:, None, None] * delta[:, :, None] * delta[:, None, :]
         )
         C = 0.5 * (C + np.swapaxes(C, 1, 2))
+        reseeded = self._reseed_empty(nraw, nk, means, C, wsum)
         reg = self.reg_covar
         if ct == "full":
             covs = C / nk[:, None, None]
@@ -479,7 +481,52 @@ class GaussianMixture:
         self.weights_ = nk / nk.sum()
         self.means_ = means
         self._set_from_covariances(covs)
-        return nraw
+        return reseeded
+
+    def _reseed_empty(self, nraw, nk, means, C, wsum):
+        """Re-seed components that hold (almost) no weight by splitting the heaviest one.
+
+        A component is empty when its responsibilities sum to less than a thousandth of an
+        average sample. The heaviest component is split in two along its principal axis; the
+        arrays are modified in place. Returns True when something was re-seeded.
+        """
+        n = self._n_fit
+        empty = np.flatnonzero(nraw < 1e-3 * wsum / n)
+        if len(empty) == 0 or len(empty) == len(nraw):
+            return False
+        if self._n_reseeds >= 4 * self.n_components:
+            if not self._reseed_exhausted:
+                self._reseed_exhausted = True
+                warnings.warn(
+                    f"GaussianMixture: components {empty.tolist()} stay empty after "
+                    f"{self._n_reseeds} re-seeds; they are kept with zero weight. Use fewer "
+                    "components.",
+                    UserWarning,
+                    stacklevel=4,
+                )
+            return False
+        d = means.shape[1]
+        for k in empty:
+            was = float(nraw[k])
+            big = int(np.argmax(np.where(np.isin(np.arange(len(nk)), empty), -np.inf, nk)))
+            cov = C[big] / nk[big] + self.reg_covar * np.eye(d)
+            lam, vec = np.linalg.eigh(cov)
+            step = 0.5 * math.sqrt(max(lam[-1], 0.0)) * vec[:, -1]
+            means[k] = means[big] + step
+            means[big] = means[big] - step
+            nraw[big] *= 0.5
+            nk[big] *= 0.5
+            C[big] *= 0.5
+            nraw[k], nk[k], C[k] = nraw[big], nk[big], C[big]
+            self._n_reseeds += 1
+            warnings.warn(
+                f"GaussianMixture: component {k} emptied (total responsibility "
+                f"{was:.3g}); re-seeded by splitting component "
+                f"{big} along its principal axis.",
+                UserWarning,
+                stacklevel=4,
+            )
+        return True
 
     def fit(self, X, y=None, sample_weight=None):
         """Estimate the parameters with EM.
@@ -524,6 +571,7 @@ class GaussianMixture:
         self._check_parameters(d)
         w = self._validate_weight(sample_weight, n)
         wsum = float(n) if w is None else float(w.sum())
+        self._n_fit = n
         Xt = np.ascontiguousarray(X.T)
         do_init = not (self.warm_start and hasattr(self, "converged_"))
         n_init = self.n_init if do_init else 1
@@ -539,6 +587,8 @@ class GaussianMixture:
             if do_init:
                 self._initialize_parameters(X, Xt, w, rs)
             lower_bound = -np.inf if do_init else self.lower_bound_
+            self._n_reseeds = 0
+            self._reseed_exhausted = False
             lbs: list[float] = []
             if self.max_iter == 0:
                 best_params = self._get_parameters()
@@ -549,12 +599,12 @@ class GaussianMixture:
             for n_iter in range(1, self.max_iter + 1):
                 prev = lower_bound
                 lower_bound, tot, m0 = self._em_stats(Xt, w)
-                self._m_step(tot, m0, wsum)
+                reseeded = self._m_step(tot, m0, wsum)
                 lbs.append(lower_bound)
                 change = lower_bound - prev
                 if self.verbose:
                     print(f"  Iteration {n_iter}\t lower bound {lower_bound:.8f}\t change {change:.3e}")
-                if abs(change) < self.tol:
+                if abs(change) < self.tol and not reseeded:
                     converged = True
                     break
             if lower_bound > max_lower_bound or max_lower_bound == -np.inf:
