@@ -2,7 +2,8 @@
 
 Every writer renders its whole output in memory, writes it to a temporary file in the destination
 folder and moves it into place with :func:`os.replace`, so a reader (or a crashed run) never sees
-a half-written file.
+a half-written file. (Files are not fsync-ed: atomic against readers and failed runs, not
+against power loss, which keeps batches of many small files fast.)
 """
 from __future__ import annotations
 
@@ -42,8 +43,6 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, encoding: str = "ut
     try:
         with os.fdopen(fd, "w", encoding=encoding, newline="") as fh:
             fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
