@@ -593,8 +593,8 @@ def lesion_wise(pred, gt, spacing=(1.0, 1.0, 1.0), *, dilation_iterations: int =
     return LesionWiseResult(d, h, n_tp, n_fn, n_fp, lesions)
 
 
-def evaluate_brats(pred, gt, spacing=(1.0, 1.0, 1.0), *, dilation_iterations: int = 3,
-                   min_lesion_volume: float = 50.0,
+def evaluate_brats(pred, gt, spacing=(1.0, 1.0, 1.0), *, regions: Sequence[str] = ("WT", "TC", "ET"),
+                   dilation_iterations: int = 3, min_lesion_volume: float = 50.0,
                    max_distance: float = BRATS_MAX_DISTANCE) -> dict[str, float]:
     """BraTS 2023 metrics of a tumor label map for the regions WT, TC and ET.
 
@@ -605,6 +605,9 @@ def evaluate_brats(pred, gt, spacing=(1.0, 1.0, 1.0), *, dilation_iterations: in
         :func:`map_tumor_labels` first for other codings.
     spacing : sequence of 3 float
         Voxel size in mm.
+    regions : sequence of str
+        Regions to score, a subset of WT, TC, ET (e.g. only ``("WT",)`` when the modalities
+        present allow no more).
     dilation_iterations, min_lesion_volume, max_distance
         Lesion-wise parameters, see :func:`lesion_wise` (defaults: BraTS 2023 glioma).
 
@@ -630,12 +633,15 @@ def evaluate_brats(pred, gt, spacing=(1.0, 1.0, 1.0), *, dilation_iterations: in
             f"pred and gt must have the same shape, got pred {pred.shape} and gt {gt.shape}; "
             "resample one onto the other's grid first"
         )
+    unknown = [r for r in regions if r not in BRATS_REGIONS]
+    if unknown:
+        raise ValueError(f"unknown BraTS regions {unknown}; use a subset of {list(BRATS_REGIONS)}")
     sp = _spacing(spacing, pred.ndim)
     vv = float(np.prod(sp))
     pr = brats_regions(pred)
     gr = brats_regions(gt)
     out: dict[str, float] = {}
-    for name in BRATS_REGIONS:
+    for name in regions:
         p, g = pr[name], gr[name]
         out[f"dice_{name}"] = dice(p, g)
         out[f"hd95_{name}"] = hd95(p, g, sp, empty_value=max_distance)

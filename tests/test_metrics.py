@@ -277,6 +277,11 @@ def test_evaluate_brats_identical_and_missing_et():
     # ET volume: gt 448 voxels = 0.448 mL, pred 0
     assert m["voldiff_ml_ET"] == pytest.approx(-0.448)
     assert m["volume_ml_ET"] == 0.0
+    # only the regions asked for
+    m = evaluate_brats(pred, gt, regions=("WT",))
+    assert {k.rsplit("_", 1)[1] for k in m} == {"WT"}
+    with pytest.raises(ValueError, match="XX"):
+        evaluate_brats(pred, gt, regions=("XX",))
 
 
 # --------------------------------------------------------------------------- lesion-wise, worked examples

@@ -24,7 +24,6 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from scipy import ndimage
 
 __all__ = ["overlay_figure", "default_label_colors", "choose_slices", "DEFAULT_COLORS", "TUMOR_NAMES"]
 
