@@ -23,6 +23,32 @@ _INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
+def _kernel_constants(dt):
+    """Constant arrays ``(fc, ic)`` of the vectorised exp/log (layout in ``_kernels``)."""
+    dt = np.dtype(dt)
+    if dt == np.float64:
+        it, mant, bias, emask, lo = np.int64, 52, 1023, 0x7FF, -708.0
+    else:
+        it, mant, bias, emask, lo = np.int32, 23, 127, 0xFF, -87.0
+    ln2 = math.log(2.0)
+    if dt == np.float32:  # Cody-Waite split: n * ln2_hi is exact for every |n| < 256
+        ln2_hi, ln2_lo = 0.693145751953125, 1.428606765330187045e-06
+    else:  # fdlibm split, exact for |n| < 2**20
+        ln2_hi, ln2_lo = 6.93147180369123816490e-01, 1.90821492927058770002e-10
+    fc = [0.0, 0.5, 1.0, 1.0 / ln2, 1.5 * 2.0**mant, ln2_hi, ln2_lo, lo, math.sqrt(2.0), ln2,
+          2.0**mant + bias]
+    fc += [1.0 / math.factorial(j) for j in range(13)]
+    fc += [2.0 / (2 * j + 1) for j in range(11)]
+    one_bits = bias << mant
+    magic_bits = (bias + mant) << mant
+    ic = [bias, mant, emask, (1 << mant) - 1, one_bits, magic_bits]
+    return np.array(fc, dtype=dt), np.array(ic, dtype=it)
+
+
+_CONSTS = {np.dtype(np.float64): _kernel_constants(np.float64),
+           np.dtype(np.float32): _kernel_constants(np.float32)}
+
+
 class FitError(SegmentError, ValueError):
     """A mixture cannot be fitted to the data as given (ill-defined covariance, bad values)."""
 
@@ -434,19 +460,27 @@ class GaussianMixture:
 
     # ------------------------------------------------------------------ EM
     def _em_stats(self, Xt, w):
-        """E-step with the current parameters, fused with the M-step statistics."""
+        """E-step with the current parameters, fused with the M-step statistics.
+
+        Returns the weighted mean log-likelihood, the merged statistics (K, 1 + d + d(d+1)/2)
+        and the means they are centred on.
+        """
         dt = Xt.dtype
         d, n = Xt.shape
         K = self.n_components
         means, pchol, lconst = self._kernel_params(dt)
+        fc, ic = _CONSTS[dt]
         nch = (n + K_.CHUNK - 1) // K_.CHUNK
-        stats = np.empty((nch, K, 1 + d + d * d))
-        ll = np.empty(nch)
-        wk = np.empty(0, dtype=dt) if w is None else w.astype(dt)
-        K_.em_pass(Xt, wk, means, pchol, lconst, stats, ll)
-        tot = stats.sum(axis=0)
-        wsum = float(n) if w is None else float(w.sum())
-        return ll.sum() / wsum, tot, means.astype(np.float64)
+        ngroups = (nch + K_.GROUP - 1) // K_.GROUP
+        stats = np.empty((ngroups, K, 1 + d + d * (d + 1) // 2))
+        ll = np.empty(ngroups)
+        wk = self._wk if w is not None else np.empty(0, dtype=dt)
+        K_.em_pass(Xt, wk, means, pchol, lconst, fc, ic, stats, ll)
+        tot = stats[0].copy()
+        for g in range(1, ngroups):  # merge in group order: deterministic
+            tot += stats[g]
+        wsum = float(n) if w is None else self._wsum
+        return float(ll.sum()) / wsum, tot, means.astype(np.float64)
 
     def _m_step(self, tot, m0, wsum):
         K = self.n_components
@@ -454,7 +488,10 @@ class GaussianMixture:
         ct = self.covariance_type
         nraw = tot[:, 0]
         S1 = tot[:, 1 : 1 + d]
-        S2 = tot[:, 1 + d :].reshape(K, d, d)
+        S2 = np.empty((K, d, d))
+        il, iq = np.tril_indices(d)
+        S2[:, il, iq] = tot[:, 1 + d :]
+        S2[:, iq, il] = tot[:, 1 + d :]
         nk = nraw + 10 * np.finfo(np.float64).eps
         means = (S1 + nraw[:, None] * m0) / nk[:, None]
         delta = means - m0
@@ -543,7 +580,7 @@ class GaussianMixture:
         -------
         self : GaussianMixture
         """
-        self.fit_predict(X, y, sample_weight=sample_weight)
+        self._fit(X, sample_weight)
         return self
 
     def fit_predict(self, X, y=None, sample_weight=None):
@@ -558,7 +595,12 @@ class GaussianMixture:
         Returns
         -------
         labels : ndarray of shape (n_samples,), int64
+            Equal to ``fit(X).predict(X)``.
         """
+        Xt = self._fit(X, sample_weight)
+        return self._score(Xt, labels=True)[2]
+
+    def _fit(self, X, sample_weight):
         X = self._validate_X(X, reset=True)
         n, d = X.shape
         if n < 2:
@@ -572,6 +614,8 @@ class GaussianMixture:
         w = self._validate_weight(sample_weight, n)
         wsum = float(n) if w is None else float(w.sum())
         self._n_fit = n
+        self._wk = None if w is None else w.astype(X.dtype)
+        self._wsum = wsum
         Xt = np.ascontiguousarray(X.T)
         do_init = not (self.warm_start and hasattr(self, "converged_"))
         n_init = self.n_init if do_init else 1
@@ -625,8 +669,8 @@ class GaussianMixture:
         self.lower_bound_ = max_lower_bound
         self.lower_bounds_ = best_lbs
         self.n_features_in_ = d
-        log_resp, _ = self._log_resp(Xt)
-        return log_resp.argmax(axis=1)
+        self._wk = None
+        return Xt
 
     def _get_parameters(self):
         return (
@@ -647,14 +691,17 @@ class GaussianMixture:
                 "This GaussianMixture instance is not fitted yet; call fit(X) first"
             )
 
-    def _log_resp(self, Xt):
+    def _score(self, Xt, resp=False, lpn=False, labels=False):
         dt = Xt.dtype
         n = Xt.shape[1]
+        K = self.n_components
         means, pchol, lconst = self._kernel_params(dt)
-        log_resp = np.empty((n, self.n_components), dtype=dt)
-        lpn = np.empty(n, dtype=dt)
-        K_.logresp_pass(Xt, means, pchol, lconst, log_resp, lpn)
-        return log_resp, lpn
+        fc, ic = _CONSTS[dt]
+        r = np.empty((n, K) if resp else (0, K), dtype=dt)
+        lp = np.empty(n if lpn else 0, dtype=dt)
+        lab = np.empty(n if labels else 0, dtype=np.int64)
+        K_.score_pass(Xt, means, pchol, lconst, fc, ic, r, lp, lab)
+        return r, lp, lab
 
     def _prepare(self, X):
         self._check_fitted()
@@ -672,8 +719,7 @@ class GaussianMixture:
         -------
         labels : ndarray of shape (n_samples,), int64
         """
-        log_resp, _ = self._log_resp(self._prepare(X))
-        return log_resp.argmax(axis=1)
+        return self._score(self._prepare(X), labels=True)[2]
 
     def predict_proba(self, X):
         """Posterior probability of each component for each sample.
@@ -687,8 +733,7 @@ class GaussianMixture:
         resp : ndarray of shape (n_samples, n_components), rows sum to 1
             In the working ``dtype``.
         """
-        log_resp, _ = self._log_resp(self._prepare(X))
-        return np.exp(log_resp)
+        return self._score(self._prepare(X), resp=True)[0]
 
     def score_samples(self, X):
         """Log-likelihood of each sample under the model.
@@ -701,8 +746,7 @@ class GaussianMixture:
         -------
         log_prob : ndarray of shape (n_samples,)
         """
-        _, lpn = self._log_resp(self._prepare(X))
-        return lpn.astype(np.float64)
+        return self._score(self._prepare(X), lpn=True)[1].astype(np.float64)
 
     def score(self, X, y=None, sample_weight=None):
         """(Weighted) mean log-likelihood of ``X``.
