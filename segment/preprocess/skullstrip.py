@@ -263,12 +263,12 @@ def _head_mask(image: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     return ndi.binary_fill_holes(head)
 
 
-def _robust_stats(values: np.ndarray) -> tuple[float, float]:
+def _robust_stats(values: np.ndarray) -> tuple[float, float, float]:
+    """Median, robust SD (1.4826 MAD) and a floored SD for the lower bound."""
     med = float(np.median(values))
-    mad = 1.4826 * float(np.median(np.abs(values - med)))
-    if not mad > 0:
-        mad = float(np.std(values)) or 1.0
-    return med, mad
+    mad = max(1.4826 * float(np.median(np.abs(values - med))), 1e-6)
+    # floor: a deep region of nearly pure white matter must not exclude grey matter
+    return med, mad, max(mad, 0.12 * abs(med))
 
 
 def skullstrip(
@@ -388,13 +388,13 @@ def skullstrip(
         sel = core & valid
         if sel.sum() < 100:
             continue  # this series does not cover the head's centre: ignore it
-        med, sd = _robust_stats(im[sel])
+        med, sd, sd_lo = _robust_stats(im[sel])
         lo, hi = _RANGES.get(mod or "t1", _RANGES["t1"])
         widen = 1.0 if i == primary else secondary_widening
         sm = ndi.gaussian_filter(im, 0.5 / sp)
         ok = np.ones_like(head)
         if lo is not None:
-            ok &= sm > med - widen * lo * sd
+            ok &= sm > med - widen * lo * sd_lo
         if hi is not None:
             ok &= sm < med + widen * hi * sd
         if i == primary:
