@@ -96,6 +96,10 @@ class Phantom:
         ``tissue > 0``.
     affine : ndarray of shape (4, 4)
         Voxel -> RAS+ mm; diagonal (spacing), centred on the origin.
+    seed : int
+        The seed that made it.
+    skull : bool
+        Whether the images hold a skull, scalp and neck (else they are brain-only).
     """
 
     images: dict[str, np.ndarray]
@@ -104,6 +108,7 @@ class Phantom:
     brain_mask: np.ndarray
     affine: np.ndarray
     seed: int = 0
+    skull: bool = False
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -438,6 +443,7 @@ def make_phantom(
         brain_mask=brain,
         affine=affine,
         seed=int(seed),
+        skull=bool(skull),
     )
 
 
@@ -466,8 +472,7 @@ def write_phantom_case(out_dir: str | os.PathLike, phantom: Phantom, case_id: st
     else:
         save_volume(phantom.tumor, phantom.affine, case_dir / "seg.nii.gz", dtype=np.uint8)
         save_volume(phantom.tissue, phantom.affine, case_dir / "seg_tissue.nii.gz", dtype=np.uint8)
-    has_skull = bool(np.any(next(iter(phantom.images.values()))[~phantom.brain_mask] != 0))
-    if has_skull:
+    if phantom.skull:
         save_volume(phantom.brain_mask, phantom.affine, case_dir / "brain_mask.nii.gz", dtype=np.uint8)
     return case_dir
 
