@@ -398,7 +398,7 @@ def make_phantom(
     jitter = {c: r_int.uniform(0.97, 1.03, len(MODALITIES)) for c in classes}
     gain = r_int.uniform(0.85, 1.15, len(MODALITIES))
     texture_field = _Fields(u).field(r_int, 0.12)
-    blur_sigma = 0.5  # voxels: partial volume at boundaries
+    blur_sigma = 0.6  # voxels: partial volume at boundaries
 
     label_map = np.zeros(shape, np.uint8)  # index into classes + 1
     label_map[tissue == CSF] = 1
@@ -425,7 +425,7 @@ def make_phantom(
         for ci, cls in enumerate(classes):
             lut[ci + 1] = INTENSITIES[cls][mod] * jitter[cls][mi] * gain[mi] * _SCALE
         clean = lut[label_map]
-        clean *= (1.0 + 0.025 * texture_field).astype(np.float32)
+        clean *= (1.0 + 0.04 * texture_field).astype(np.float32)
         clean = ndi.gaussian_filter(clean, blur_sigma, mode="constant")
         if bias_field is not None:
             clean *= bias_field

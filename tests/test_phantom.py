@@ -133,7 +133,7 @@ def test_bias_and_noise_levels():
     biased = make_phantom(0, bias=0.3, noise=0.0, **SMALL)
     core = ndi.binary_erosion(flat.tissue == WM, iterations=2)
     wm = flat.images["t1"][core]
-    assert wm.std() / wm.mean() < 0.03  # only texture left
+    assert wm.std() / wm.mean() < 0.05  # only texture left
     diff = noisy.images["t1"][core] - flat.images["t1"][core]
     assert 0.03 < diff.std() / wm.mean() < 0.07
     ratio = biased.images["t1"][core] / np.maximum(flat.images["t1"][core], 1)
@@ -221,9 +221,9 @@ def test_skull_shell_and_background(skull_phantom):
     upper = np.zeros_like(brain)
     upper[:, :, ph.shape[2] // 2:] = True  # above the centre: no neck
     bone = t1[upper & (dist > 1) & (dist < 4)].mean()
-    fat = t1[upper & (dist > 7) & (dist < 11)].mean()
+    fat = np.percentile(t1[upper & (dist > 5) & (dist < 12)], 75)
     assert bone < 0.35 * wm
-    assert fat > 0.8 * wm
+    assert fat > 0.9 * wm
     # lots of non-brain signal: the image is clearly not skull-stripped
     assert ((t1 > 0.5 * wm) & ~brain).sum() > 0.1 * brain.sum()
     assert set(np.unique(ph.tissue)) == {0, CSF, GM, WM}
