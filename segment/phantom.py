@@ -35,7 +35,7 @@ Examples
 >>> ph = make_phantom(0, shape=(48, 56, 48), spacing=(4.0, 4.0, 4.0))
 >>> sorted(ph.images)
 ['flair', 't1', 't1c', 't2']
->>> ph.tissue.max()
+>>> int(ph.tissue.max())
 3
 """
 from __future__ import annotations
