@@ -59,7 +59,7 @@ def spacing_of(img: nib.Nifti1Image) -> tuple[float, float, float]:
 
 
 def overlay(path: Path, image: np.ndarray, mask: np.ndarray, spacing, title: str,
-            truth: np.ndarray | None = None) -> None:
+            truth: np.ndarray | None = None, ref_name: str = "HD-BET") -> None:
     """Mask contour (green; reference in red) over axial slices and one coronal, one sagittal."""
     zs = np.nonzero(mask.any(axis=(0, 1)))[0]
     if truth is not None:
@@ -85,7 +85,7 @@ def overlay(path: Path, image: np.ndarray, mask: np.ndarray, spacing, title: str
         ax.axis("off")
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    fig.suptitle(title + ("  (green: segment, red: HD-BET)" if truth is not None else
+    fig.suptitle(title + (f"  (green: segment, red: {ref_name})" if truth is not None else
                           "  (green: segment)"), fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=70)
@@ -154,7 +154,7 @@ def main() -> int:
         sanity.append(dict(file=f"{f.parent.name}/{f.name}", dice=dice(m, ref_mask), sec=sec,
                            ml=float(m.sum()) * v, ref_ml=float(ref_mask.sum()) * v))
         overlay(figdir / f"skullstrip_brainonly_{f.parent.name}.png", a, m, s2,
-                f"{f.parent.name}/{f.name}: skullstrip vs non-zero region (red)", ref_mask)
+                f"{f.parent.name}/{f.name}: skullstrip", ref_mask, ref_name="non-zero region")
         print(f"brain-only {f.name}: Dice vs non-zero {sanity[-1]['dice']:.4f} {sec:.2f} s", flush=True)
 
     lines = [
@@ -216,7 +216,24 @@ def main() -> int:
     for s in sanity:
         lines.append(f"| {s['file']} | {s['dice']:.3f} | {s['sec']:.1f} | {s['ml']:.0f} | "
                      f"{s['ref_ml']:.0f} |")
-    lines.append("")
+    lines += [
+        "",
+        "`skullstrip` is not meant for brain-only images: without skull and scalp, its seed "
+        "(>= 10 mm below the head surface, eroded 5 mm) is reconstructed only 5.5 mm outward, so "
+        "it drops a 4-5 mm band of cortex and the thin inferior structures; the mask stays "
+        "compact and inside the brain. Use `is_brain_only` + `brain_mask_nonzero` for these.",
+        "",
+        "## Known limitations",
+        "",
+        "- Single T1 (non-contrast), T2 or FLAIR on this exam stay well below t1c: on T1 the mask "
+        "takes in part of the facial soft tissue and sinuses above the skull base and reaches the "
+        "marrow of the skull vault (similar intensity to brain); on T2/FLAIR the bright CSF/fat "
+        "boundary is less clean. With t1c present, the other series only veto voxels.",
+        "- The top slice (5.5 mm, cut tangentially through the vertex) is over-segmented.",
+        "- Only one raw exam is available here; the defaults were chosen on it plus synthetic "
+        "heads (tests), so held-out scans may behave differently.",
+        "",
+    ]
     for s in sanity:
         lines.append(f"![{s['file']}](figures/skullstrip_brainonly_{s['file'].split('/')[0]}.png)")
     lines.append("")
