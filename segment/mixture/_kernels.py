@@ -13,11 +13,11 @@ import numpy as np
 from numba import njit, prange
 
 #: Samples per chunk of the parallel passes (fixed: determinism depends on it).
-CHUNK = 1024
+CHUNK = 256
 
 
 #: Chunks per parallel work item (buffers are allocated once per item; fixed as well).
-GROUP = 16
+GROUP = 32
 
 # fastmath without nnan/ninf: lets LLVM vectorise reductions and contract to FMA. The exp and
 # log helpers get only "contract": reassociation would fold away their magic-number rounding.
@@ -35,9 +35,9 @@ _LOG0 = 24
 
 
 @njit(cache=True, fastmath=_FMA)
-def _chunk_logprob(Xt, s, m, means, pchol, lconst, fc, lp, dbuf, ybuf, qbuf):
-    """lp[k, :m] = log w_k + log N(x_i | mu_k, Sigma_k) for samples s .. s+m-1."""
-    d = Xt.shape[0]
+def _chunk_logprob(xb, m, means, pchol, lconst, fc, lp, dbuf, ybuf, qbuf):
+    """lp[k, :m] = log w_k + log N(x_i | mu_k, Sigma_k) for the chunk ``xb[:, :m]``."""
+    d = xb.shape[0]
     K = means.shape[0]
     zero = fc[0]
     half = fc[1]
@@ -45,7 +45,7 @@ def _chunk_logprob(Xt, s, m, means, pchol, lconst, fc, lp, dbuf, ybuf, qbuf):
         for l in range(d):
             mu = means[k, l]
             for i in range(m):
-                dbuf[l, i] = Xt[l, s + i] - mu
+                dbuf[l, i] = xb[l, i] - mu
         for i in range(m):
             qbuf[i] = zero
         for j in range(d):
@@ -61,6 +61,154 @@ def _chunk_logprob(Xt, s, m, means, pchol, lconst, fc, lp, dbuf, ybuf, qbuf):
         lc = lconst[k]
         for i in range(m):
             lp[k, i] = lc - half * qbuf[i]
+
+
+@njit(cache=True, fastmath=_FMA)
+def _chunk_logprob4(xb, m, means, pchol, lconst, fc, lp):
+    """Same as ``_chunk_logprob`` for 4 features (fewer are zero-padded), in registers."""
+    K = means.shape[0]
+    half = fc[1]
+    x0 = xb[0]
+    x1 = xb[1]
+    x2 = xb[2]
+    x3 = xb[3]
+    for k in range(K):
+        m0 = means[k, 0]
+        m1 = means[k, 1]
+        m2 = means[k, 2]
+        m3 = means[k, 3]
+        p00 = pchol[k, 0, 0]
+        p01 = pchol[k, 0, 1]
+        p11 = pchol[k, 1, 1]
+        p02 = pchol[k, 0, 2]
+        p12 = pchol[k, 1, 2]
+        p22 = pchol[k, 2, 2]
+        p03 = pchol[k, 0, 3]
+        p13 = pchol[k, 1, 3]
+        p23 = pchol[k, 2, 3]
+        p33 = pchol[k, 3, 3]
+        lc = lconst[k]
+        lk = lp[k]
+        for i in range(m):
+            d0 = x0[i] - m0
+            d1 = x1[i] - m1
+            d2 = x2[i] - m2
+            d3 = x3[i] - m3
+            y0 = d0 * p00
+            y1 = d0 * p01 + d1 * p11
+            y2 = d0 * p02 + d1 * p12 + d2 * p22
+            y3 = d0 * p03 + d1 * p13 + d2 * p23 + d3 * p33
+            lk[i] = lc - half * (y0 * y0 + y1 * y1 + y2 * y2 + y3 * y3)
+
+
+@njit(cache=True, fastmath=_FM)
+def _chunk_accumulate4(xb, m, means, lp, gbuf, fc, st):
+    """Add sum r, sum r d and the packed sum r d d^T (d = x - old mean) of 4 features to st."""
+    K = means.shape[0]
+    zero = fc[0]
+    x0 = xb[0]
+    x1 = xb[1]
+    x2 = xb[2]
+    x3 = xb[3]
+    for k in range(K):
+        m0 = means[k, 0]
+        m1 = means[k, 1]
+        m2 = means[k, 2]
+        m3 = means[k, 3]
+        lk = lp[k]
+        a = zero
+        s0 = zero
+        s1 = zero
+        s2 = zero
+        s3 = zero
+        q00 = zero
+        q10 = zero
+        q11 = zero
+        q20 = zero
+        q21 = zero
+        q22 = zero
+        q30 = zero
+        q31 = zero
+        q32 = zero
+        q33 = zero
+        for i in range(m):
+            r = lk[i] * gbuf[i]
+            d0 = x0[i] - m0
+            d1 = x1[i] - m1
+            d2 = x2[i] - m2
+            d3 = x3[i] - m3
+            r0 = r * d0
+            r1 = r * d1
+            r2 = r * d2
+            r3 = r * d3
+            a += r
+            s0 += r0
+            s1 += r1
+            s2 += r2
+            s3 += r3
+            q00 += r0 * d0
+            q10 += r1 * d0
+            q11 += r1 * d1
+            q20 += r2 * d0
+            q21 += r2 * d1
+            q22 += r2 * d2
+            q30 += r3 * d0
+            q31 += r3 * d1
+            q32 += r3 * d2
+            q33 += r3 * d3
+        st[k, 0] += a
+        st[k, 1] += s0
+        st[k, 2] += s1
+        st[k, 3] += s2
+        st[k, 4] += s3
+        st[k, 5] += q00
+        st[k, 6] += q10
+        st[k, 7] += q11
+        st[k, 8] += q20
+        st[k, 9] += q21
+        st[k, 10] += q22
+        st[k, 11] += q30
+        st[k, 12] += q31
+        st[k, 13] += q32
+        st[k, 14] += q33
+
+
+@njit(cache=True, fastmath=_FM)
+def _chunk_accumulate(xb, m, means, lp, gbuf, fc, st, dbuf, rdbuf, rbuf):
+    """General-d version of ``_chunk_accumulate4`` (buffers of shape (d, CHUNK))."""
+    K, d = means.shape
+    zero = fc[0]
+    for k in range(K):
+        a0 = zero
+        lk = lp[k]
+        for i in range(m):
+            r = lk[i] * gbuf[i]
+            rbuf[i] = r
+            a0 += r
+        st[k, 0] += a0
+        for l in range(d):
+            mu = means[k, l]
+            a1 = zero
+            xl = xb[l]
+            dl = dbuf[l]
+            rdl = rdbuf[l]
+            for i in range(m):
+                dv = xl[i] - mu
+                dl[i] = dv
+                rd = rbuf[i] * dv
+                rdl[i] = rd
+                a1 += rd
+            st[k, 1 + l] += a1
+        pos = 1 + d
+        for l in range(d):
+            rdl = rdbuf[l]
+            for q in range(l + 1):
+                dq = dbuf[q]
+                a2 = zero
+                for i in range(m):
+                    a2 += rdl[i] * dq[i]
+                st[k, pos] += a2
+                pos += 1
 
 
 @njit(cache=True, fastmath=_FMA)
@@ -187,18 +335,20 @@ def em_pass(Xt, w, means, pchol, lconst, fc, ic, stats, ll):
     ----------
     Xt : ndarray of shape (d, n), float32 or float64
     w : ndarray of shape (n,) or (0,) for unit weights, dtype of Xt
-    means : ndarray of shape (K, d); pchol : (K, d, d) upper-triangular precision Cholesky;
-    lconst : (K,) log weight + log det(pchol) - d/2 log(2 pi); all of the dtype of Xt
+    means : ndarray of shape (K, D), D = 4 when d <= 4 (zero-padded) else d
+    pchol : ndarray of shape (K, D, D), upper-triangular precision Cholesky (zero-padded)
+    lconst : ndarray of shape (K,), log weight + log det(pchol) - d/2 log(2 pi)
     fc, ic : constants (see module comment)
-    stats : ndarray of shape (n_groups, K, 1 + d + d (d + 1) / 2), float64, output: per group
+    stats : ndarray of shape (n_groups, K, 1 + D + D (D + 1) / 2), float64, output: per group
         sum r, sum r (x - mu), packed lower triangle of sum r (x - mu)(x - mu)^T (old means)
     ll : ndarray of shape (n_groups,), float64, output: per group sum w log p(x)
     """
     d, n = Xt.shape
-    K = means.shape[0]
+    K, D = means.shape
     ngroups = stats.shape[0]
     nch = (n + CHUNK - 1) // CHUNK
     weighted = w.shape[0] == n
+    fast = D == 4
     dt = Xt.dtype
     zero = fc[0]
     one = fc[2]
@@ -207,8 +357,9 @@ def em_pass(Xt, w, means, pchol, lconst, fc, ic, stats, ll):
         st[:] = 0.0
         lsum = 0.0
         lp = np.empty((K, CHUNK), dt)
-        dbuf = np.empty((d, CHUNK), dt)
-        rdbuf = np.empty((d, CHUNK), dt)
+        xb = np.zeros((D, CHUNK), dt)
+        dbuf = np.empty((D, CHUNK), dt)
+        rdbuf = np.empty((D, CHUNK), dt)
         ybuf = np.empty(CHUNK, dt)
         qbuf = np.empty(CHUNK, dt)
         mx = np.empty(CHUNK, dt)
@@ -223,13 +374,19 @@ def em_pass(Xt, w, means, pchol, lconst, fc, ic, stats, ll):
         for c in range(g * GROUP, c_end):
             s = c * CHUNK
             m = min(CHUNK, n - s)
-            _chunk_logprob(Xt, s, m, means, pchol, lconst, fc, lp, dbuf, ybuf, qbuf)
+            for l in range(d):
+                xb[l, :m] = Xt[l, s : s + m]
+            if fast:
+                _chunk_logprob4(xb, m, means, pchol, lconst, fc, lp)
+            else:
+                _chunk_logprob(xb, m, means, pchol, lconst, fc, lp, dbuf, ybuf, qbuf)
             _chunk_softmax(lp, K, m, fc, ic, mx, ssum, tbuf, tbits)
             _chunk_log(ssum, m, fc, ic, qbuf, tbuf, tbits, bbuf, bbits, sbits)
             acc = zero
             if weighted:
+                wb = w[s : s + m]
                 for i in range(m):
-                    wi = w[s + i]
+                    wi = wb[i]
                     acc += wi * (mx[i] + qbuf[i])
                     gbuf[i] = wi / ssum[i]
             else:
@@ -237,31 +394,10 @@ def em_pass(Xt, w, means, pchol, lconst, fc, ic, stats, ll):
                     acc += mx[i] + qbuf[i]
                     gbuf[i] = one / ssum[i]
             lsum += acc
-            for k in range(K):
-                a0 = zero
-                for i in range(m):
-                    r = lp[k, i] * gbuf[i]
-                    ybuf[i] = r
-                    a0 += r
-                st[k, 0] += a0
-                for l in range(d):
-                    mu = means[k, l]
-                    a1 = zero
-                    for i in range(m):
-                        dv = Xt[l, s + i] - mu
-                        dbuf[l, i] = dv
-                        rd = ybuf[i] * dv
-                        rdbuf[l, i] = rd
-                        a1 += rd
-                    st[k, 1 + l] += a1
-                pos = 1 + d
-                for l in range(d):
-                    for q in range(l + 1):
-                        a2 = zero
-                        for i in range(m):
-                            a2 += rdbuf[l, i] * dbuf[q, i]
-                        st[k, pos] += a2
-                        pos += 1
+            if fast:
+                _chunk_accumulate4(xb, m, means, lp, gbuf, fc, st)
+            else:
+                _chunk_accumulate(xb, m, means, lp, gbuf, fc, st, dbuf, rdbuf, ybuf)
         ll[g] = lsum
 
 
@@ -270,11 +406,13 @@ def score_pass(Xt, means, pchol, lconst, fc, ic, resp, lpn, labels):
     """Per-sample outputs; each is skipped when given with length 0.
 
     resp : (n, K) responsibilities; lpn : (n,) log p(x); labels : (n,) int64 argmax component.
+    Other arguments as for :func:`em_pass`.
     """
     d, n = Xt.shape
-    K = means.shape[0]
+    K, D = means.shape
     nch = (n + CHUNK - 1) // CHUNK
     ngroups = (nch + GROUP - 1) // GROUP
+    fast = D == 4
     dt = Xt.dtype
     one = fc[2]
     want_resp = resp.shape[0] == n
@@ -282,7 +420,8 @@ def score_pass(Xt, means, pchol, lconst, fc, ic, resp, lpn, labels):
     want_lab = labels.shape[0] == n
     for g in prange(ngroups):
         lp = np.empty((K, CHUNK), dt)
-        dbuf = np.empty((d, CHUNK), dt)
+        xb = np.zeros((D, CHUNK), dt)
+        dbuf = np.empty((D, CHUNK), dt)
         ybuf = np.empty(CHUNK, dt)
         qbuf = np.empty(CHUNK, dt)
         mx = np.empty(CHUNK, dt)
@@ -296,8 +435,14 @@ def score_pass(Xt, means, pchol, lconst, fc, ic, resp, lpn, labels):
         for c in range(g * GROUP, c_end):
             s = c * CHUNK
             m = min(CHUNK, n - s)
-            _chunk_logprob(Xt, s, m, means, pchol, lconst, fc, lp, dbuf, ybuf, qbuf)
+            for l in range(d):
+                xb[l, :m] = Xt[l, s : s + m]
+            if fast:
+                _chunk_logprob4(xb, m, means, pchol, lconst, fc, lp)
+            else:
+                _chunk_logprob(xb, m, means, pchol, lconst, fc, lp, dbuf, ybuf, qbuf)
             if want_lab:
+                lo = labels[s : s + m]
                 for i in range(m):
                     best = lp[0, i]
                     bk = 0
@@ -305,19 +450,21 @@ def score_pass(Xt, means, pchol, lconst, fc, ic, resp, lpn, labels):
                         if lp[k, i] > best:
                             best = lp[k, i]
                             bk = k
-                    labels[s + i] = bk
+                    lo[i] = bk
             if want_resp or want_lpn:
                 _chunk_softmax(lp, K, m, fc, ic, mx, ssum, tbuf, tbits)
             if want_lpn:
                 _chunk_log(ssum, m, fc, ic, qbuf, tbuf, tbits, bbuf, bbits, sbits)
+                lo2 = lpn[s : s + m]
                 for i in range(m):
-                    lpn[s + i] = mx[i] + qbuf[i]
+                    lo2[i] = mx[i] + qbuf[i]
             if want_resp:
                 for i in range(m):
                     ybuf[i] = one / ssum[i]
+                ro = resp[s : s + m]
                 for i in range(m):
                     for k in range(K):
-                        resp[s + i, k] = lp[k, i] * ybuf[i]
+                        ro[i, k] = lp[k, i] * ybuf[i]
 
 
 @njit(parallel=True, cache=True)

@@ -369,16 +369,21 @@ class GaussianMixture:
         return pc[:, None, None] * np.eye(d)[None]
 
     def _kernel_params(self, dt):
+        """Means, precision Cholesky and log constants for the kernels, in ``dt``.
+
+        Fewer than 4 features are zero-padded to 4 (the kernels' register path).
+        """
         pcf = self._full_pchol()
-        d = self.means_.shape[1]
+        K, d = self.means_.shape
         logdet = np.log(np.diagonal(pcf, axis1=1, axis2=2)).sum(axis=1)
         with np.errstate(divide="ignore"):
             lconst = np.log(self.weights_) + logdet - 0.5 * d * _LOG_2PI
-        return (
-            np.ascontiguousarray(self.means_, dtype=dt),
-            np.ascontiguousarray(pcf, dtype=dt),
-            np.ascontiguousarray(lconst, dtype=dt),
-        )
+        D = 4 if d <= 4 else d
+        means = np.zeros((K, D), dtype=dt)
+        means[:, :d] = self.means_
+        pchol = np.zeros((K, D, D), dtype=dt)
+        pchol[:, :d, :d] = pcf
+        return means, pchol, np.ascontiguousarray(lconst, dtype=dt)
 
     def _set_from_covariances(self, covariances):
         """Set ``covariances_`` and ``precisions_cholesky_``; raise FitError when not PD."""
@@ -472,7 +477,8 @@ class GaussianMixture:
         fc, ic = _CONSTS[dt]
         nch = (n + K_.CHUNK - 1) // K_.CHUNK
         ngroups = (nch + K_.GROUP - 1) // K_.GROUP
-        stats = np.empty((ngroups, K, 1 + d + d * (d + 1) // 2))
+        D = means.shape[1]
+        stats = np.empty((ngroups, K, 1 + D + D * (D + 1) // 2))
         ll = np.empty(ngroups)
         wk = self._wk if w is not None else np.empty(0, dtype=dt)
         K_.em_pass(Xt, wk, means, pchol, lconst, fc, ic, stats, ll)
@@ -480,7 +486,11 @@ class GaussianMixture:
         for g in range(1, ngroups):  # merge in group order: deterministic
             tot += stats[g]
         wsum = float(n) if w is None else self._wsum
-        return float(ll.sum()) / wsum, tot, means.astype(np.float64)
+        if D != d:  # drop the padding
+            il, iq = np.tril_indices(D)
+            keep = np.flatnonzero((il < d) & (iq < d))
+            tot = np.concatenate([tot[:, : 1 + d], tot[:, 1 + D + keep]], axis=1)
+        return float(ll.sum()) / wsum, tot, np.asarray(self.means_, dtype=dt).astype(np.float64)
 
     def _m_step(self, tot, m0, wsum):
         K = self.n_components
