@@ -873,7 +873,8 @@ def _estimate_params_dense(X, resp, w, reg, ct):
     nk = resp.sum(axis=0) + 10 * np.finfo(np.float64).eps
     means = (resp.T @ X) / nk[:, None]
     if ct == "tied":
-        covs = (X.T * (resp.sum(axis=1))) @ X - (nk * means.T) @ means
+        # as scikit-learn: the second moment runs over all samples, whatever resp holds
+        covs = (X.T @ X if w is None else (X.T * w) @ X) - (nk * means.T) @ means
         covs /= nk.sum()
         covs[np.arange(d), np.arange(d)] += reg
     else:
