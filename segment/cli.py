@@ -73,7 +73,7 @@ def _config(args: argparse.Namespace):
 def cmd_run(args: argparse.Namespace) -> int:
     from .io.cases import find_case
     from .pipeline import segment_case
-    from .report.tables import jsonable
+    from .report.tables import to_jsonable as jsonable
 
     config = _config(args)
     case = find_case(args.case_dir)
@@ -109,7 +109,7 @@ def cmd_skullstrip(args: argparse.Namespace) -> int:
     vol = load_volume(args.image)
     ras = reorient_to_ras(vol)
     if is_brain_only(ras.data):
-        mask = brain_mask_nonzero(ras.data)
+        mask = brain_mask_nonzero(ras.data, ras.spacing)
     else:
         mask = skullstrip([ras.data], ras.spacing)
     mask = fill_holes(mask)
@@ -126,7 +126,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .io.nifti import load_volume, same_grid
     from .metrics import evaluate_labels
-    from .report.tables import jsonable
+    from .report.tables import to_jsonable as jsonable
     from .types import TISSUE_LABELS
 
     pred = load_volume(args.pred, dtype=np.int16, allow_empty=True)

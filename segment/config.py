@@ -62,6 +62,9 @@ class MixtureConfig(_Strict):
     n_init: int = Field(1, ge=1)
     reg_covar: float = Field(1e-6, ge=0)
     dtype: Literal["float64", "float32"] = "float64"
+    partial_volume: bool = Field(
+        True, description="model voxels mixing two tissues (CSF/GM, GM/WM) and label by the larger fraction"
+    )
     max_samples: int | None = Field(
         None, ge=1000, description="fit on a random subset of at most this many voxels (all are labelled)"
     )
@@ -86,6 +89,17 @@ class PostprocessConfig(_Strict):
     )
 
 
+class TumorConfig(_Strict):
+    """Tumor segmentation (NCR / ED / ET) settings."""
+
+    enabled: Literal["auto", "on", "off"] = Field(
+        "auto", description="auto: run when the modalities present allow it (see segment.labeling.tumor)"
+    )
+    coding: Literal["brats2023", "brats2021"] = Field(
+        "brats2023", description="labels written to tumor.nii.gz: brats2023 = 1 NCR, 2 ED, 3 ET; brats2021 = 1/2/4"
+    )
+
+
 class OutputConfig(_Strict):
     overlay: bool = True
     probabilities: bool = Field(False, description="also write float32 class probability maps")
@@ -98,7 +112,13 @@ class Config(_Strict):
     preprocess: PreprocessConfig = PreprocessConfig()
     mixture: MixtureConfig = MixtureConfig()
     postprocess: PostprocessConfig = PostprocessConfig()
+    tumor: TumorConfig = TumorConfig()
     outputs: OutputConfig = OutputConfig()
+    truth: Literal["auto", "tissue", "tumor"] = Field(
+        "auto",
+        description="what a ground truth named only 'seg'/'label' holds; auto: tissue if its labels cover "
+        "most of the brain, else tumor",
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

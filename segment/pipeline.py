@@ -58,7 +58,7 @@ def brain_mask_step(loaded: LoadedCase, config: Config) -> tuple[np.ndarray, dic
         nonzero = np.zeros(ref.shape, dtype=bool)
         for v in vols:
             nonzero |= v != 0
-        mask = brain_mask_nonzero(nonzero.astype(np.float32))
+        mask = brain_mask_nonzero(nonzero.astype(np.float32), ref.spacing)
         method = "nonzero"
     else:
         mask = skullstrip(vols, ref.spacing, modalities=loaded.modalities)
