@@ -467,35 +467,81 @@ def score_pass(Xt, means, pchol, lconst, fc, ic, resp, lpn, labels):
                         ro[i, k] = lp[k, i] * ybuf[i]
 
 
-@njit(parallel=True, cache=True)
-def kmeans_pass(Xt, w, centers, labels, mind, sums):
-    """Assign each sample to its nearest center; per-chunk weighted sums (nch, K, d + 1)."""
+@njit(parallel=True, cache=True, fastmath=_FM)
+def kmeans_pass(Xt, w, centers, fc, labels, mind, sums):
+    """Assign each sample to its nearest center and accumulate the hard-assignment statistics.
+
+    centers : (K, D) in the dtype of Xt, zero-padded to D = 4 when d <= 4 (as for em_pass);
+    labels : (n,) int64 and mind : (n,) squared distance, outputs; sums : (n_groups, K,
+    1 + D + D (D + 1) / 2) float64 output: per group sum w, sum w (x - c) and the packed
+    sum w (x - c)(x - c)^T over the samples of each cluster (the EM statistics of the hard
+    assignment, centred on the centers).
+    """
     d, n = Xt.shape
-    K = centers.shape[0]
-    nch = sums.shape[0]
+    K, D = centers.shape
+    ngroups = sums.shape[0]
+    nch = (n + CHUNK - 1) // CHUNK
     weighted = w.shape[0] == n
-    for c in prange(nch):
-        s = c * CHUNK
-        e = min(n, s + CHUNK)
-        st = sums[c]
+    fast = D == 4
+    dt = Xt.dtype
+    zero = fc[0]
+    one = fc[2]
+    for g in prange(ngroups):
+        st = sums[g]
         st[:] = 0.0
-        for i in range(s, e):
-            best = np.inf
-            bk = 0
-            for k in range(K):
-                q = 0.0
-                for l in range(d):
-                    t = Xt[l, i] - centers[k, l]
-                    q += t * t
-                if q < best:
-                    best = q
-                    bk = k
-            labels[i] = bk
-            mind[i] = best
-            wi = w[i] if weighted else 1.0
-            st[bk, 0] += wi
+        xb = np.zeros((D, CHUNK), dt)
+        ind = np.empty((K, CHUNK), dt)
+        db = np.empty(CHUNK, dt)
+        best = np.empty(CHUNK, dt)
+        bk = np.empty(CHUNK, np.int64)
+        gbuf = np.empty(CHUNK, dt)
+        dbuf = np.empty((D, CHUNK), dt)
+        rdbuf = np.empty((D, CHUNK), dt)
+        rbuf = np.empty(CHUNK, dt)
+        c_end = min(nch, (g + 1) * GROUP)
+        for c in range(g * GROUP, c_end):
+            s = c * CHUNK
+            m = min(CHUNK, n - s)
             for l in range(d):
-                st[bk, 1 + l] += wi * Xt[l, i]
+                xb[l, :m] = Xt[l, s : s + m]
+            for k in range(K):
+                for i in range(m):
+                    db[i] = zero
+                for l in range(d):
+                    cl = centers[k, l]
+                    xl = xb[l]
+                    for i in range(m):
+                        t = xl[i] - cl
+                        db[i] += t * t
+                if k == 0:
+                    for i in range(m):
+                        best[i] = db[i]
+                        bk[i] = 0
+                else:
+                    for i in range(m):
+                        better = db[i] < best[i]
+                        best[i] = db[i] if better else best[i]
+                        bk[i] = k if better else bk[i]
+            lo = labels[s : s + m]
+            mo = mind[s : s + m]
+            for i in range(m):
+                lo[i] = bk[i]
+                mo[i] = best[i]
+            for k in range(K):
+                ik = ind[k]
+                for i in range(m):
+                    ik[i] = one if bk[i] == k else zero
+            if weighted:
+                wb = w[s : s + m]
+                for i in range(m):
+                    gbuf[i] = wb[i]
+            else:
+                for i in range(m):
+                    gbuf[i] = one
+            if fast:
+                _chunk_accumulate4(xb, m, centers, ind, gbuf, fc, st)
+            else:
+                _chunk_accumulate(xb, m, centers, ind, gbuf, fc, st, dbuf, rdbuf, rbuf)
 
 
 @njit(cache=True)

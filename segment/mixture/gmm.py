@@ -427,11 +427,16 @@ class GaussianMixture:
             # the random stream is consumed exactly as scikit-learn does for 'random' and
             # 'random_from_data', so both start from the same responsibilities
             if self.init_params == "kmeans":
-                labels = _kmeans(Xt, w, K, rs)
-                resp = np.zeros((n, K))
-                resp[np.arange(n), labels] = 1.0
+                labels, hard = _kmeans(Xt, w, K, rs)
+                if hard is None:
+                    resp = np.zeros((n, K))
+                    resp[np.arange(n), labels] = 1.0
+                else:  # statistics of the hard assignment, without an (n, K) matrix
+                    tot, centers = hard
+                    nraw, nk, means, C = _moments(tot, centers)
+                    resp = "stats"
             elif self.init_params == "k-means++":
-                idx = _kmeans_plusplus(X, w, K, rs)
+                idx = _kmeans_plusplus(Xt, w, K, rs)
                 resp = np.zeros((n, K))
                 resp[idx, np.arange(K)] = 1.0
             elif self.init_params == "random":
@@ -441,8 +446,11 @@ class GaussianMixture:
                 idx = rs.choice(n, size=K, replace=False)
                 resp = np.zeros((n, K))
                 resp[idx, np.arange(K)] = 1.0
-        Xd = np.asarray(X, dtype=np.float64)
-        if resp is not None and need_resp:
+        Xd = np.asarray(X, dtype=np.float64) if resp is not None and not isinstance(resp, str) else X
+        if isinstance(resp, str):
+            covs = _covariances(C, nk, self.reg_covar, self.covariance_type)
+            weights = nk / (n if w is None else w.sum())
+        elif resp is not None and need_resp:
             weights, means, covs = _estimate_params_dense(
                 Xd, resp, w, self.reg_covar, self.covariance_type
             )
@@ -493,38 +501,9 @@ class GaussianMixture:
         return float(ll.sum()) / wsum, tot, np.asarray(self.means_, dtype=dt).astype(np.float64)
 
     def _m_step(self, tot, m0, wsum):
-        K = self.n_components
-        d = m0.shape[1]
-        ct = self.covariance_type
-        nraw = tot[:, 0]
-        S1 = tot[:, 1 : 1 + d]
-        S2 = np.empty((K, d, d))
-        il, iq = np.tril_indices(d)
-        S2[:, il, iq] = tot[:, 1 + d :]
-        S2[:, iq, il] = tot[:, 1 + d :]
-        nk = nraw + 10 * np.finfo(np.float64).eps
-        means = (S1 + nraw[:, None] * m0) / nk[:, None]
-        delta = means - m0
-        # sum_i r_ik (x_i - mu_k)(x_i - mu_k)^T from moments centred at the old means
-        C = (
-            S2
-            - S1[:, :, None] * delta[:, None, :]
-            - delta[:, :, None] * S1[:, None, :]
-            + nraw[:, None, None] * delta[:, :, None] * delta[:, None, :]
-        )
-        C = 0.5 * (C + np.swapaxes(C, 1, 2))
+        nraw, nk, means, C = _moments(tot, m0)
         reseeded = self._reseed_empty(nraw, nk, means, C, wsum)
-        reg = self.reg_covar
-        if ct == "full":
-            covs = C / nk[:, None, None]
-            covs[:, np.arange(d), np.arange(d)] += reg
-        elif ct == "tied":
-            covs = C.sum(axis=0) / nk.sum()
-            covs[np.arange(d), np.arange(d)] += reg
-        elif ct == "diag":
-            covs = np.diagonal(C, axis1=1, axis2=2) / nk[:, None] + reg
-        else:
-            covs = (np.diagonal(C, axis1=1, axis2=2) / nk[:, None] + reg).mean(axis=1)
+        covs = _covariances(C, nk, self.reg_covar, self.covariance_type)
         self.weights_ = nk / nk.sum()
         self.means_ = means
         self._set_from_covariances(covs)
@@ -856,6 +835,49 @@ class GaussianMixture:
         return X, y
 
 
+def _moments(tot, m0):
+    """Counts, means and scatter matrices from statistics centred on ``m0``.
+
+    ``tot`` has shape (K, 1 + d + d (d + 1) / 2): sum r, sum r (x - m0), packed lower triangle
+    of sum r (x - m0)(x - m0)^T. Returns ``nraw`` (K,), ``nk = nraw + 10 eps`` (as scikit-learn),
+    ``means`` (K, d) and ``C`` (K, d, d) = sum r (x - mean)(x - mean)^T.
+    """
+    K, d = m0.shape
+    nraw = tot[:, 0].copy()
+    S1 = tot[:, 1 : 1 + d]
+    S2 = np.empty((K, d, d))
+    il, iq = np.tril_indices(d)
+    S2[:, il, iq] = tot[:, 1 + d :]
+    S2[:, iq, il] = tot[:, 1 + d :]
+    nk = nraw + 10 * np.finfo(np.float64).eps
+    means = (S1 + nraw[:, None] * m0) / nk[:, None]
+    delta = means - m0
+    C = (
+        S2
+        - S1[:, :, None] * delta[:, None, :]
+        - delta[:, :, None] * S1[:, None, :]
+        + nraw[:, None, None] * delta[:, :, None] * delta[:, None, :]
+    )
+    C = 0.5 * (C + np.swapaxes(C, 1, 2))
+    return nraw, nk, means, C
+
+
+def _covariances(C, nk, reg, ct):
+    """Covariances of the requested type from scatter matrices (scikit-learn's M-step)."""
+    d = C.shape[1]
+    if ct == "full":
+        covs = C / nk[:, None, None]
+        covs[:, np.arange(d), np.arange(d)] += reg
+    elif ct == "tied":
+        covs = C.sum(axis=0) / nk.sum()
+        covs[np.arange(d), np.arange(d)] += reg
+    elif ct == "diag":
+        covs = np.diagonal(C, axis1=1, axis2=2) / nk[:, None] + reg
+    else:
+        covs = (np.diagonal(C, axis1=1, axis2=2) / nk[:, None] + reg).mean(axis=1)
+    return covs
+
+
 def _n_eff(X, sample_weight):
     n = np.asarray(X).shape[0]
     if sample_weight is None:
@@ -912,30 +934,40 @@ def _covariances_from_pchol(pc, ct):
     return 1.0 / pc**2
 
 
-def _kmeans_plusplus(X, w, K, rs):
-    """Greedy k-means++ seeding (as scikit-learn's); returns the chosen sample indices."""
-    n = X.shape[0]
-    X = np.asarray(X, dtype=np.float64)
+def _sqdist(Xt, c):
+    """Squared distances of every sample (columns of Xt, (d, n)) to the point c, float64."""
+    out = (Xt[0] - c[0]) ** 2
+    out = out.astype(np.float64, copy=False)
+    for l in range(1, Xt.shape[0]):
+        out += (Xt[l] - c[l]) ** 2
+    return out
+
+
+def _kmeans_plusplus(Xt, w, K, rs):
+    """Greedy k-means++ seeding (as scikit-learn's); returns the chosen sample indices.
+
+    Xt : (d, n) channel-major data; w : (n,) weights or None; rs : RandomState.
+    """
+    n = Xt.shape[1]
     p = None if w is None else w / w.sum()
-    wv = np.ones(n) if w is None else w
     n_trials = 2 + int(np.log(K))
     idx = np.empty(K, dtype=np.intp)
     first = rs.choice(n, p=p)
     idx[0] = first
-    closest = ((X - X[first]) ** 2).sum(axis=1)
-    pot = float(wv @ closest)
+    closest = _sqdist(Xt, Xt[:, first])
+    pot = float(closest.sum() if w is None else w @ closest)
     for c in range(1, K):
         if not pot > 0:
             # fewer distinct points than components: reuse a chosen point
             idx[c] = idx[(c - 1) % c]
             continue
         rv = rs.uniform(size=n_trials) * pot
-        cands = np.searchsorted(np.cumsum(wv * closest), rv)
+        cands = np.searchsorted(np.cumsum(closest if w is None else w * closest), rv)
         np.clip(cands, None, n - 1, out=cands)
         best_pot, best_cand, best_d = np.inf, -1, None
         for cand in cands:
-            dcand = np.minimum(closest, ((X - X[cand]) ** 2).sum(axis=1))
-            pc = float(wv @ dcand)
+            dcand = np.minimum(closest, _sqdist(Xt, Xt[:, cand]))
+            pc = float(dcand.sum() if w is None else w @ dcand)
             if pc < best_pot:
                 best_pot, best_cand, best_d = pc, cand, dcand
         idx[c] = best_cand
@@ -944,44 +976,66 @@ def _kmeans_plusplus(X, w, K, rs):
 
 
 def _kmeans(Xt, w, K, rs, max_iter=300, tol=1e-4):
-    """Weighted Lloyd k-means from a k-means++ start; returns labels of shape (n_samples,)."""
+    """Weighted Lloyd k-means from a k-means++ start (deterministic given ``rs``).
+
+    Returns ``(labels, hard)``: labels of shape (n_samples,) and, unless clusters had to be
+    filled by hand, ``hard = (stats, centers)``, the EM statistics of the hard assignment
+    centred on the final centers (see ``_moments``); else ``hard`` is None.
+    """
     d, n = Xt.shape
-    X = Xt.T
-    idx = _kmeans_plusplus(X, w, K, rs)
-    centers = np.ascontiguousarray(X[idx], dtype=np.float64)
+    idx = _kmeans_plusplus(Xt, w, K, rs)
+    centers = np.ascontiguousarray(Xt[:, idx].T, dtype=np.float64)
     n_distinct = len(np.unique(centers, axis=0))
     if n_distinct < K:
         warnings.warn(
             f"X has only {n_distinct} distinct points, fewer than n_components={K}; "
             "the extra components start as copies of others",
             UserWarning,
-            stacklevel=4,
+            stacklevel=5,
         )
-    var = np.var(np.asarray(X, dtype=np.float64), axis=0).mean()
+    var = np.mean([np.var(Xt[l], dtype=np.float64) for l in range(d)])
     thr = tol * var
-    nch = (n + K_.CHUNK - 1) // K_.CHUNK
-    sums = np.empty((nch, K, d + 1))
-    labels = np.empty(n, dtype=np.int64)
-    mind = np.empty(n, dtype=np.float64)
-    wk = np.empty(0, dtype=Xt.dtype) if w is None else w.astype(Xt.dtype)
     cdt = Xt.dtype
+    fc, _ = _CONSTS[np.dtype(cdt)]
+    D = 4 if d <= 4 else d
+    nch = (n + K_.CHUNK - 1) // K_.CHUNK
+    ngroups = (nch + K_.GROUP - 1) // K_.GROUP
+    sums = np.empty((ngroups, K, 1 + D + D * (D + 1) // 2))
+    labels = np.empty(n, dtype=np.int64)
+    mind = np.empty(n, dtype=cdt)
+    wk = np.empty(0, dtype=cdt) if w is None else w.astype(cdt)
+    cpad = np.zeros((K, D), dtype=cdt)
+
+    def assign(c):
+        cpad[:, :d] = c
+        K_.kmeans_pass(Xt, wk, cpad, fc, labels, mind, sums)
+        tot = sums[0].copy()
+        for g in range(1, ngroups):  # merge in group order: deterministic
+            tot += sums[g]
+        if D != d:
+            il, iq = np.tril_indices(D)
+            keep = np.flatnonzero((il < d) & (iq < d))
+            tot = np.concatenate([tot[:, : 1 + d], tot[:, 1 + D + keep]], axis=1)
+        return tot
+
     for _ in range(max_iter):
-        K_.kmeans_pass(Xt, wk, centers.astype(cdt), labels, mind, sums)
-        tot = sums.sum(axis=0)
+        c_used = centers.astype(cdt).astype(np.float64)
+        tot = assign(c_used)
         cnt = tot[:, 0]
         new = centers.copy()
         nz = cnt > 0
-        new[nz] = tot[nz, 1:] / cnt[nz, None]
+        new[nz] = c_used[nz] + tot[nz, 1 : 1 + d] / cnt[nz, None]
         empty = np.flatnonzero(~nz)
         if len(empty) and n_distinct >= K:
             # relocate empty clusters to the points farthest from their centers
             far = np.argsort(-mind, kind="stable")[: len(empty)]
-            new[empty] = X[far]
+            new[empty] = Xt[:, far].T
         shift = ((new - centers) ** 2).sum()
         centers = new
         if shift <= thr:
             break
-    K_.kmeans_pass(Xt, wk, centers.astype(cdt), labels, mind, sums)
+    c_used = centers.astype(cdt).astype(np.float64)
+    tot = assign(c_used)
     if n_distinct < K:
         # give every empty cluster half of the largest one so that no component starts empty
         cnt = np.bincount(labels, minlength=K)
@@ -990,4 +1044,5 @@ def _kmeans(Xt, w, K, rs, max_iter=300, tol=1e-4):
             members = np.flatnonzero(labels == big)
             labels[members[: len(members) // 2]] = k
             cnt = np.bincount(labels, minlength=K)
-    return labels
+        return labels, None
+    return labels, (tot, c_used)
