@@ -47,8 +47,11 @@ class PreprocessConfig(_Strict):
     )
     bias_correction: bool = Field(False, description="run N4 on every modality before normalisation")
     n4: N4Config = N4Config()
-    lower_percentile: float = Field(0.5, ge=0, lt=50)
-    upper_percentile: float = Field(99.5, gt=50, le=100)
+    lower_percentile: float = Field(
+        0.0, ge=0, lt=50, description="clip below this percentile inside the brain (0: no clipping; "
+        "clipping piles the dark tail into a spike that distorts the CSF class)"
+    )
+    upper_percentile: float = Field(99.9, gt=50, le=100, description="clip bright outliers (vessels, fat)")
 
 
 class MixtureConfig(_Strict):
@@ -98,11 +101,97 @@ class TumorConfig(_Strict):
     coding: Literal["brats2023", "brats2021"] = Field(
         "brats2023", description="labels written to tumor.nii.gz: brats2023 = 1 NCR, 2 ED, 3 ET; brats2021 = 1/2/4"
     )
+    # detection: does a tumor exist? (robust z units of the normalised FLAIR; sizes in mm / mL)
+    smooth_mm: float = Field(1.0, ge=0, le=5, description="Gaussian sigma (mm) of the FLAIR used for detection and WT")
+    seed_z: float = Field(
+        3.0, ge=1, le=10, description="smoothed FLAIR above this robust z is a tumor seed (healthy brain stays below)"
+    )
+    open_mm: float = Field(2.0, ge=0, le=10, description="opening radius (mm) removing thin bright rims from the seeds")
+    min_tumor_ml: float = Field(1.0, ge=0, le=100, description="smallest lesion (mL of opened seeds) called a tumor")
+    min_lesion_t2_z: float = Field(
+        0.0, ge=-5, le=10, description="with T2: a lesion's median T2 robust z must exceed this (edema is T2-bright)"
+    )
+    secondary_fraction: float = Field(
+        0.2, ge=0, le=1, description="lesions besides the largest are kept if this large relative to it, or enhancing"
+    )
+    surface_mm: float = Field(5.0, ge=0, le=20, description="depth (mm) of the brain-surface shell")
+    max_surface_fraction: float = Field(
+        0.5, ge=0, le=1, description="a seed lesion with more than this fraction in the surface shell is rejected"
+    )
+    # whole tumor
+    wt_fraction: float = Field(
+        0.45, gt=0, lt=1, description="WT boundary at this fraction of the way from healthy to lesion FLAIR level"
+    )
+    wt_floor_z: float = Field(1.5, ge=0, le=10, description="WT boundary never below this FLAIR robust z")
+    grow_mm: float = Field(20.0, ge=0, le=100, description="WT grows at most this far (mm) from a seed")
+    csf_flair_z: float = Field(
+        -1.0, ge=-10, le=5, description="filled holes darker than this on FLAIR are CSF, never tumor"
+    )
+    min_island_mm3: float = Field(100.0, ge=0, description="WT islands smaller than this (mm^3) are removed")
+    # enhancing tumor and necrosis (need T1c)
+    et_smooth_mm: float = Field(0.0, ge=0, le=5, description="Gaussian sigma (mm) of the enhancement map")
+    et_margin_mm: float = Field(3.0, ge=0, le=30, description="ET is searched in WT grown by this margin (mm)")
+    et_min_sd: float = Field(
+        3.0, gt=0, le=20, description="enhancement candidates exceed the lesion's non-enhancing level by this many SDs"
+    )
+    et_min_delta: float = Field(
+        0.8, ge=0, le=10, description="... and by at least this much (robust z units of T1c)"
+    )
+    et_floor_sd: float = Field(2.0, ge=0, le=20, description="ET boundary never below this many SDs above that level")
+    min_et_mm3: float = Field(50.0, ge=0, description="ET islands (and total candidates) smaller than this are dropped")
+    core_close_mm: float = Field(3.0, ge=0, le=20, description="closing radius (mm) of ET before filling the core (NCR)")
 
 
 class OutputConfig(_Strict):
     overlay: bool = True
     probabilities: bool = Field(False, description="also write float32 class probability maps")
+
+
+class QCConfig(_Strict):
+    """Thresholds of the quality flags shown in a batch's report and review page."""
+
+    brain_volume_ml: tuple[float, float] = Field(
+        (800.0, 2100.0), description="flag a brain mask whose volume (mL) lies outside [min, max]"
+    )
+    min_class_fraction: float = Field(
+        0.005, ge=0, lt=1, description="flag a tissue class covering less than this fraction of the brain"
+    )
+    tumor_edge_fraction: float = Field(
+        0.01, ge=0, le=1, description="flag a tumor with more than this fraction of its voxels on the brain mask's border"
+    )
+
+    @field_validator("brain_volume_ml")
+    @classmethod
+    def _ordered_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= v[0] < v[1]:
+            raise ValueError(f"must be [min, max] with 0 <= min < max, got {list(v)}")
+        return v
+
+
+class BatchConfig(_Strict):
+    """How ``segment batch`` runs many cases (none of it changes a case's outputs)."""
+
+    workers: int | None = Field(None, ge=1, description="parallel worker processes; default: number of cores")
+    scheduler: str | None = Field(
+        None, description="Dask scheduler address (tcp://host:port) to run the cases on a cluster; "
+        "default: a local process pool"
+    )
+    force: bool = Field(False, description="redo cases whose outputs are already complete")
+    numba_threads: int | None = Field(
+        None, ge=1, description="Numba threads per worker; default: cores // workers, so workers do not oversubscribe"
+    )
+    qc: QCConfig = QCConfig()
+
+    @field_validator("scheduler")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        import re
+
+        if not re.fullmatch(r"(tcp|tls|ws|wss|ucx|inproc)://\S+", v):
+            raise ValueError(f"not a scheduler address; allowed: tcp://host:port (or tls://, ws://, wss://, ucx://)")
+        return v
 
 
 class Config(_Strict):
@@ -114,6 +203,7 @@ class Config(_Strict):
     postprocess: PostprocessConfig = PostprocessConfig()
     tumor: TumorConfig = TumorConfig()
     outputs: OutputConfig = OutputConfig()
+    batch: BatchConfig = BatchConfig()
     truth: Literal["auto", "tissue", "tumor"] = Field(
         "auto",
         description="what a ground truth named only 'seg'/'label' holds; auto: tissue if its labels cover "

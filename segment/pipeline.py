@@ -24,6 +24,9 @@ from .types import MODALITIES, TISSUE_LABELS, Case, CaseResult
 
 log = logging.getLogger("segment")
 
+#: Voxels drawn (seeded) to fit the partial-volume model when no exact histogram is available.
+PV_MAX_SAMPLES = 20_000
+
 
 @dataclass
 class Segmentation:
@@ -145,11 +148,33 @@ def fit_tissue_mixture(
     info.setdefault("fit", f"all {n} voxels")
     gmm.fit(fit_x, sample_weight=weights)
     classes = name_tissue_components(gmm.means_, modalities)
-    if uniq is not None:
-        resp = gmm.predict_proba(uniq[:, None].astype(np.float64))[inverse]
+    predict_x = uniq[:, None].astype(np.float64) if uniq is not None else features
+    if mc.partial_volume:
+        from .mixture.partial_volume import PartialVolumeMixture
+
+        covs = _full_covariances(gmm)
+        w = gmm.weights_
+        means0 = np.stack([np.average(gmm.means_[classes == c], axis=0, weights=w[classes == c]) for c in (1, 2, 3)])
+        covs0 = np.stack([np.average(covs[classes == c], axis=0, weights=w[classes == c]) for c in (1, 2, 3)])
+        # The partial-volume EM converges slowly (the pure means move a little each step), so
+        # it runs to a tight tolerance; without an exact histogram it is fitted on a seeded
+        # subset, which fixes a handful of parameters as well as all voxels would.
+        pv_x, pv_w = fit_x, weights
+        if pv_w is None and pv_x.shape[0] > PV_MAX_SAMPLES:
+            rng = np.random.default_rng(config.seed)
+            pv_x = pv_x[np.sort(rng.choice(pv_x.shape[0], size=PV_MAX_SAMPLES, replace=False))]
+        pv = PartialVolumeMixture(3, tol=1e-7, max_iter=1000, reg_covar=max(mc.reg_covar, 1e-6))
+        pv.fit(pv_x, means_init=means0, covariances_init=covs0, sample_weight=pv_w)
+        probs = pv.predict_fractions(predict_x)
+        info["partial_volume"] = {
+            "n_iter": int(pv.n_iter_),
+            "class_means": np.round(pv.means_, 4).tolist(),
+            "class_weights": np.round(pv.class_weights_, 4).tolist(),
+        }
     else:
-        resp = gmm.predict_proba(features)
-    probs = class_probabilities(resp, classes)
+        probs = class_probabilities(gmm.predict_proba(predict_x), classes)
+    if uniq is not None:
+        probs = probs[inverse]
     labels = (np.argmax(probs, axis=1) + 1).astype(np.uint8)
     info.update(
         n_iter=int(gmm.n_iter_),
@@ -160,6 +185,19 @@ def fit_tissue_mixture(
         component_weights=np.round(gmm.weights_, 4).tolist(),
     )
     return labels, probs.astype(np.float32), info
+
+
+def _full_covariances(gmm) -> np.ndarray:
+    """Covariances of a fitted GaussianMixture as (K, d, d) whatever its covariance type."""
+    k, d = gmm.means_.shape
+    cov = np.asarray(gmm.covariances_)
+    if gmm.covariance_type == "full":
+        return cov
+    if gmm.covariance_type == "tied":
+        return np.repeat(cov[None], k, axis=0)
+    if gmm.covariance_type == "diag":
+        return np.stack([np.diag(c) for c in cov])
+    return np.stack([np.eye(d) * c for c in cov])  # spherical
 
 
 def run_pipeline(case: Case | LoadedCase | str | os.PathLike, config: Config | None = None) -> Segmentation:

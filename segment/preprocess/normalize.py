@@ -10,8 +10,8 @@ def robust_zscore(
     data: np.ndarray,
     mask: np.ndarray,
     *,
-    lower_percentile: float = 0.5,
-    upper_percentile: float = 99.5,
+    lower_percentile: float = 0.0,
+    upper_percentile: float = 99.9,
 ) -> np.ndarray:
     """Clip to percentiles inside ``mask`` and z-score with robust statistics.
 
