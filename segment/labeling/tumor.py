@@ -1,0 +1,448 @@
+"""Glioma segmentation (NCR / ED / ET) as outliers of the healthy brain, named by signature.
+
+The method follows the outlier view of Prastawa et al. (2004): healthy tissue is what the
+robust intensity normalisation describes (median 0, IQR-based unit scale inside the brain, so
+a tumor of a few per cent of the brain hardly moves it), and a tumor is a *compact, connected*
+region far outside that healthy range on FLAIR, with sub-regions named by their signature
+across modalities. Nothing depends on a mixture component's index or on the random seed.
+
+Steps (all sizes in millimetres, so they hold at any voxel size):
+
+1. **Detection (does a tumor exist?).** FLAIR is smoothed (``smooth_mm``, normalised inside
+   the brain mask). Seeds are voxels with smoothed FLAIR above ``seed_z`` (robust z; a healthy
+   brain's FLAIR, grey matter included, stays below it), opened with a ball of ``open_mm`` so
+   thin bright rims (cortex, vessels, skull-strip residue) vanish, and grouped into 26-connected
+   lesions. A lesion counts only if it is at least ``min_tumor_ml`` and does not lie mostly on
+   the brain surface (``max_surface_fraction``). No lesion: empty labels, whatever the
+   modalities. This is why a healthy brain comes back empty.
+2. **Whole tumor (WT).** The boundary threshold adapts to the case: the median smoothed FLAIR
+   of the seeds ``L`` and the healthy level ``H`` (median of the brain outside the lesion)
+   give ``t = H + wt_fraction * (L - H)`` (at least ``wt_floor_z``): the half-way point of the
+   edge, where a blurred step is cut without bias. WT grows from the seeds through voxels above
+   ``t``, at most ``grow_mm`` from a seed.
+3. **Enhancing tumor (ET)**, with T1c: enhancement ``e = T1c - T1`` (T1 present: a voxel bright
+   on T1 already, such as blood or fat, is not enhancing) or ``e = T1c`` (no T1). In the lesion
+   and a margin of ``et_margin_mm`` around it, the non-enhancing level is the median of ``e``
+   and its spread a robust SD; voxels above ``et_min_sd`` SDs (and ``et_min_delta``) are
+   candidates; if they make at least ``min_et_mm3``, the ET boundary is again the half-way
+   point between the non-enhancing level and the candidates' median. Small ET islands are
+   dropped.
+4. **Necrosis (NCR)**: the tumor core is ET closed with a ball of ``core_close_mm`` and its
+   holes filled (in 3-D and slice by slice along each axis): what ET encloses and is not ET is
+   NCR. TC = NCR + ET.
+5. **Clean-up.** WT = grown region + ET + NCR, holes filled, except hole voxels that look like
+   CSF (FLAIR below ``csf_flair_z``; ventricles are bright on T2 but dark on FLAIR, never
+   edema); WT islands not touching a detected lesion are removed. ED = WT - TC.
+
+Regions by modality: FLAIR is required for WT (T2 alone cannot separate edema from CSF); T1c
+adds TC and ET; T1 refines enhancement (``T1c - T1``); T2 is not needed. With FLAIR only every
+WT voxel is labelled ED (2) and ``regions == ["WT"]``.
+
+Examples
+--------
+>>> from segment.phantom import make_phantom
+>>> from segment.preprocess.normalize import robust_zscore
+>>> from segment.config import TumorConfig
+>>> ph = make_phantom(1, shape=(48, 56, 48), spacing=(4.0, 4.0, 4.0), tumor=True)
+>>> feats = {m: robust_zscore(v, ph.brain_mask) for m, v in ph.images.items()}
+>>> res = segment_tumor(feats, ph.brain_mask, ph.spacing, config=TumorConfig())
+>>> res.regions
+['WT', 'TC', 'ET']
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from ..config import TumorConfig
+from ..types import MODALITIES
+
+__all__ = ["TumorResult", "tumor_regions_possible", "should_run_tumor", "segment_tumor", "TUMOR_LABELS"]
+
+#: Internal (BraTS 2023) tumor coding.
+NCR, ED, ET = 1, 2, 3
+TUMOR_LABELS: dict[int, str] = {NCR: "NCR", ED: "ED", ET: "ET"}
+_REGIONS = ("WT", "TC", "ET")
+_FULL = ndi.generate_binary_structure(3, 3)
+
+
+@dataclass
+class TumorResult:
+    """Output of :func:`segment_tumor`.
+
+    Attributes
+    ----------
+    labels : ndarray of shape (X, Y, Z), uint8
+        Internal BraTS 2023 coding: 0 none, 1 NCR, 2 ED, 3 ET. With FLAIR only (WT alone) every
+        tumor voxel is 2.
+    regions : list of str
+        Which of ``WT``, ``TC``, ``ET`` were estimated (in that order).
+    probabilities : dict of str to ndarray of shape (X, Y, Z), float32, or None
+        Soft class maps (``NCR``, ``ED``, ``ET``) when computed.
+    info : dict
+        Decisions, thresholds and volumes (mL) for the log and ``metrics.json``.
+    """
+
+    labels: np.ndarray
+    regions: list[str]
+    probabilities: dict[str, np.ndarray] | None = None
+    info: dict[str, object] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- task selection
+
+
+def tumor_regions_possible(modalities: Sequence[str]) -> list[str]:
+    """BraTS regions estimable from these modalities, in the order WT, TC, ET.
+
+    WT needs FLAIR; TC and ET need T1c as well (T1 and T2 help but are optional).
+
+    Examples
+    --------
+    >>> tumor_regions_possible(["flair"])
+    ['WT']
+    >>> tumor_regions_possible(["t1c", "flair"])
+    ['WT', 'TC', 'ET']
+    >>> tumor_regions_possible(["t1", "t2"])
+    []
+    """
+    mods = set(modalities)
+    if "flair" not in mods:
+        return []
+    if "t1c" in mods:
+        return list(_REGIONS)
+    return ["WT"]
+
+
+def should_run_tumor(modalities: Sequence[str], config: TumorConfig) -> bool:
+    """Whether the tumor task runs for a case with these modalities.
+
+    ``on``: whenever a region is estimable (FLAIR present); ``off``: never; ``auto``: when the
+    case has both FLAIR and T1c, the minimum glioma protocol (a FLAIR without contrast is as
+    likely a white-matter-lesion or tissue study, where a FLAIR-bright region is not a tumor).
+
+    Examples
+    --------
+    >>> should_run_tumor(["t1", "t1c", "t2", "flair"], TumorConfig())
+    True
+    >>> should_run_tumor(["t1", "flair"], TumorConfig())
+    False
+    >>> should_run_tumor(["flair"], TumorConfig(enabled="on"))
+    True
+    """
+    possible = tumor_regions_possible(modalities)
+    if config.enabled == "off":
+        return False
+    if config.enabled == "on":
+        return bool(possible)
+    mods = set(modalities)
+    return "flair" in mods and "t1c" in mods
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _ball(radius_mm: float, spacing: Sequence[float]) -> np.ndarray:
+    r = [max(int(np.floor(radius_mm / s)), 0) for s in spacing]
+    grids = np.meshgrid(*[np.arange(-ri, ri + 1) * s for ri, s in zip(r, spacing)], indexing="ij")
+    d2 = sum(g * g for g in grids)
+    return d2 <= radius_mm * radius_mm + 1e-6
+
+
+def _erode_mm(mask: np.ndarray, r: float, spacing) -> np.ndarray:
+    if r <= 0 or not mask.any():
+        return mask.copy()
+    return ndi.distance_transform_edt(mask, sampling=spacing) > r
+
+
+def _dilate_mm(mask: np.ndarray, r: float, spacing) -> np.ndarray:
+    if r <= 0 or not mask.any():
+        return mask.copy()
+    return ndi.distance_transform_edt(~mask, sampling=spacing) <= r
+
+
+def _smooth(img: np.ndarray, mask: np.ndarray, sigma_mm: float, spacing) -> np.ndarray:
+    """Gaussian smoothing normalised inside ``mask`` (no darkening at the brain edge)."""
+    if sigma_mm <= 0:
+        return img.astype(np.float32, copy=True)
+    sig = [sigma_mm / s for s in spacing]
+    m = mask.astype(np.float32)
+    num = ndi.gaussian_filter(img.astype(np.float32) * m, sig, mode="constant")
+    den = ndi.gaussian_filter(m, sig, mode="constant")
+    out = np.zeros_like(num)
+    np.divide(num, den, out=out, where=den > 1e-3)
+    out[~mask] = 0.0
+    return out
+
+
+def _fill_holes_all_axes(mask: np.ndarray) -> np.ndarray:
+    """Holes filled in 3-D, then in every slice along each of the three axes."""
+    out = ndi.binary_fill_holes(mask)
+    for ax in range(3):
+        idx = np.flatnonzero(out.any(axis=tuple(a for a in range(3) if a != ax)))
+        for i in idx:
+            sl = [slice(None)] * 3
+            sl[ax] = i
+            sl = tuple(sl)
+            out[sl] |= ndi.binary_fill_holes(out[sl])
+    return out
+
+
+def _remove_small(mask: np.ndarray, min_mm3: float, voxel_mm3: float) -> np.ndarray:
+    if min_mm3 <= 0 or not mask.any():
+        return mask
+    lab, n = ndi.label(mask, structure=_FULL)
+    if n == 0:
+        return mask
+    sizes = np.bincount(lab.ravel())
+    keep = sizes * voxel_mm3 >= min_mm3
+    keep[0] = False
+    return keep[lab]
+
+
+def _robust_sd(x: np.ndarray) -> float:
+    if x.size < 2:
+        return 1.0
+    q1, q3 = np.percentile(x, [25, 75])
+    sd = (q3 - q1) / 1.349
+    if not sd > 0:
+        sd = float(np.std(x)) or 1.0
+    return float(sd)
+
+
+def _bbox(mask: np.ndarray, pad: int) -> tuple[slice, ...]:
+    idx = np.nonzero(mask)
+    return tuple(
+        slice(max(int(i.min()) - pad, 0), min(int(i.max()) + pad + 1, n)) for i, n in zip(idx, mask.shape)
+    )
+
+
+# --------------------------------------------------------------------------- main entry
+
+
+def segment_tumor(
+    features: Mapping[str, np.ndarray],
+    mask: np.ndarray,
+    spacing: tuple[float, float, float],
+    *,
+    config: TumorConfig,
+    seed: int = 0,
+) -> TumorResult:
+    """Detect a glioma and label it NCR / ED / ET.
+
+    Parameters
+    ----------
+    features : mapping of str to ndarray of shape (X, Y, Z), float
+        Robust z-scored images (median 0, IQR/1.349 scale inside the brain, 0 outside) of any
+        subset of ``t1``, ``t1c``, ``t2``, ``flair``, on one grid. Other keys are ignored.
+    mask : ndarray of shape (X, Y, Z), bool
+        Brain mask.
+    spacing : tuple of 3 float
+        Voxel size in mm.
+    config : TumorConfig
+        Method parameters (see :class:`segment.config.TumorConfig`).
+    seed : int
+        Unused by the current (deterministic) method; accepted for the pipeline's interface.
+
+    Returns
+    -------
+    TumorResult
+        ``labels`` in BraTS 2023 coding (0, 1 NCR, 2 ED, 3 ET); ``regions`` the estimated
+        regions; ``info`` thresholds, decisions and volumes in mL.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 3:
+        raise ValueError(f"mask must be 3-D, got shape {mask.shape}")
+    spacing = tuple(float(s) for s in spacing)
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise ValueError(f"spacing must be 3 positive numbers, got {spacing}")
+    feats: dict[str, np.ndarray] = {}
+    for m in MODALITIES:  # canonical order: the dict's order never matters
+        if m in features and features[m] is not None:
+            a = np.asarray(features[m])
+            if a.shape != mask.shape:
+                raise ValueError(f"feature '{m}' has shape {a.shape}, the mask {mask.shape}; put them on one grid")
+            feats[m] = a
+    modalities = list(feats)
+    regions = tumor_regions_possible(modalities)
+    labels = np.zeros(mask.shape, dtype=np.uint8)
+    vv = float(np.prod(spacing))
+    info: dict[str, object] = {
+        "modalities": modalities,
+        "regions": list(regions),
+        "tumor_found": False,
+    }
+
+    def _finish(lab: np.ndarray) -> TumorResult:
+        vols = {name: float(np.count_nonzero(lab == k) * vv / 1000.0) for k, name in TUMOR_LABELS.items()}
+        vols["WT"] = vols["NCR"] + vols["ED"] + vols["ET"]
+        vols["TC"] = vols["NCR"] + vols["ET"]
+        info["volumes_ml"] = {k: round(v, 3) for k, v in vols.items()}
+        return TumorResult(labels=lab, regions=list(regions), probabilities=None, info=info)
+
+    if not regions:
+        info["decision"] = (
+            f"no tumor region estimable from {modalities or 'no modality'}: WT needs FLAIR, TC/ET also T1c"
+        )
+        return _finish(labels)
+    if not mask.any():
+        info["decision"] = "empty brain mask"
+        return _finish(labels)
+
+    cfg = config
+    # work inside the brain's bounding box
+    box = _bbox(mask, 2)
+    m = mask[box]
+    f = {k: v[box].astype(np.float32, copy=False) for k, v in feats.items()}
+
+    # ---- 1. detection ------------------------------------------------------------------
+    fs = _smooth(f["flair"], m, cfg.smooth_mm, spacing)
+    cand = (fs > cfg.seed_z) & m
+    cand = _dilate_mm(_erode_mm(cand, cfg.open_mm, spacing), cfg.open_mm, spacing) & cand
+    lab, n = ndi.label(cand, structure=_FULL)
+    surface = m & ~_erode_mm(m, cfg.surface_mm, spacing)
+    lesions: list[int] = []
+    lesion_info: list[dict[str, object]] = []
+    if n:
+        sizes = np.bincount(lab.ravel(), minlength=n + 1)
+        on_surf = np.bincount(lab[surface].ravel(), minlength=n + 1)
+        t2_med = ndi.median(f["t2"], lab, np.arange(n + 1)) if "t2" in f else None
+        for i in np.flatnonzero(sizes[1:] * vv / 1000.0 >= cfg.min_tumor_ml) + 1:
+            rec: dict[str, object] = {
+                "volume_ml": round(float(sizes[i] * vv / 1000.0), 3),
+                "centre_vox": [int(round(c + b.start)) for c, b in zip(ndi.center_of_mass(lab == i), box)],
+                "surface_fraction": round(float(on_surf[i] / sizes[i]), 3),
+            }
+            reasons = []
+            if rec["surface_fraction"] > cfg.max_surface_fraction:
+                reasons.append("on the brain surface")
+            if t2_med is not None:
+                rec["t2_median_z"] = round(float(t2_med[i]), 3)
+                if t2_med[i] < cfg.min_lesion_t2_z:
+                    reasons.append("not bright on T2")
+            rec["status"] = "candidate" if not reasons else "rejected: " + ", ".join(reasons)
+            lesion_info.append(rec)
+            if not reasons:
+                lesions.append(int(i))
+    info["lesions"] = lesion_info
+    if not lesions:
+        info["decision"] = (
+            f"no tumor: no FLAIR-hyperintense region (smoothed robust z > {cfg.seed_z:g}, opened by "
+            f"{cfg.open_mm:g} mm) of at least {cfg.min_tumor_ml:g} mL, off the brain surface"
+            + (" and bright on T2" if "t2" in f else "")
+        )
+        return _finish(labels)
+
+    # ---- 2. whole tumor ----------------------------------------------------------------
+    seeds = np.isin(lab, lesions)
+    reach = _dilate_mm(seeds, cfg.grow_mm, spacing) & m
+    lesion_level = float(np.median(fs[seeds]))
+    healthy = m & ~reach
+    healthy_level = float(np.median(fs[healthy])) if healthy.any() else 0.0
+    t_wt = max(cfg.wt_floor_z, healthy_level + cfg.wt_fraction * (lesion_level - healthy_level))
+    grow = (fs > t_wt) & reach
+    glab, _ = ndi.label(grow | seeds, structure=_FULL)
+    keep_ids = np.unique(glab[seeds])
+    wt0 = np.isin(glab, keep_ids[keep_ids > 0])
+    info["flair_threshold_z"] = round(t_wt, 3)
+    info["flair_lesion_level_z"] = round(lesion_level, 3)
+    info["flair_healthy_level_z"] = round(healthy_level, 3)
+
+    et = np.zeros_like(m)
+    if "t1c" in f:
+        # ---- 3. enhancement ------------------------------------------------------------
+        if "t1" in f:
+            e = f["t1c"] - f["t1"]
+            info["enhancement"] = "t1c - t1"
+        else:
+            e = f["t1c"]
+            info["enhancement"] = "t1c"
+        if cfg.et_smooth_mm > 0:
+            e = _smooth(e, m, cfg.et_smooth_mm, spacing)
+        region = _dilate_mm(wt0, cfg.et_margin_mm, spacing) & m
+        ev = e[region]
+        base = float(np.median(ev))
+        sd = _robust_sd(ev)
+        t_cand = base + max(cfg.et_min_sd * sd, cfg.et_min_delta)
+        cand_et = (e > t_cand) & region
+        info["enhancement_base"] = round(base, 3)
+        info["enhancement_sd"] = round(sd, 3)
+        if np.count_nonzero(cand_et) * vv >= cfg.min_et_mm3:
+            level = float(np.median(e[cand_et]))
+            t_et = max(base + 0.5 * (level - base), base + cfg.et_floor_sd * sd)
+            et = (e > t_et) & region
+            et = _remove_small(et, cfg.min_et_mm3, vv)
+            info["enhancement_threshold"] = round(t_et, 3)
+            info["enhancement_level"] = round(level, 3)
+
+    # which lesions are kept: the largest, and others that are large or enhance
+    sizes = {i: int(np.count_nonzero(lab == i)) for i in lesions}
+    largest = max(lesions, key=lambda i: (sizes[i], -i))
+    wlab0, _ = ndi.label(wt0 | et, structure=_FULL)
+    kept = []
+    for rec, i in zip([r for r in lesion_info if r["status"] == "candidate"], lesions):
+        comp = np.unique(wlab0[lab == i])
+        comp = comp[comp > 0]
+        n_et = int(np.count_nonzero(np.isin(wlab0, comp) & et))
+        big = sizes[i] >= cfg.secondary_fraction * sizes[largest]
+        joined = np.isin(comp, np.unique(wlab0[lab == largest])).any()
+        if i == largest:
+            rec["status"] = "tumor"
+        elif joined:
+            rec["status"] = "tumor (joined to the largest lesion by FLAIR hyperintensity)"
+        elif big:
+            rec["status"] = "tumor (large secondary lesion)"
+        elif n_et * vv >= cfg.min_et_mm3:
+            rec["status"] = "tumor (enhancing secondary lesion)"
+        else:
+            rec["status"] = "rejected: small secondary lesion without enhancement"
+            continue
+        kept.append(i)
+    seeds = np.isin(lab, kept)
+    ids = np.unique(wlab0[seeds])
+    keep = np.isin(wlab0, ids[ids > 0])
+    wt0 &= keep
+    et &= keep
+    info["enhancing"] = bool(et.any())
+
+    ncr = np.zeros_like(m)
+    if et.any():
+        # ---- 4. necrosis ---------------------------------------------------------------
+        b = _bbox(et, int(np.ceil(cfg.core_close_mm / min(spacing))) + 2)
+        closed = ndi.binary_closing(et[b], structure=_ball(cfg.core_close_mm, spacing))
+        core = _fill_holes_all_axes(closed | et[b])
+        ncr[b] = core
+        ncr &= ~et & m
+        # specks enclosed by the rim (voxels just under the threshold) are part of the rim
+        small = ncr & ~_remove_small(ncr, cfg.min_et_mm3, vv)
+        et |= small
+        ncr &= ~small
+
+    # ---- 5. clean-up -------------------------------------------------------------------
+    wt = wt0 | et | ncr
+    filled = ndi.binary_fill_holes(wt)
+    holes = filled & ~wt
+    csf_like = f["flair"] < cfg.csf_flair_z
+    wt = (wt | (holes & ~csf_like)) & m
+    # drop islands that do not touch a detected lesion
+    wlab, _ = ndi.label(wt, structure=_FULL)
+    ids = np.unique(wlab[seeds])
+    wt = np.isin(wlab, ids[ids > 0])
+    wt = _remove_small(wt, cfg.min_island_mm3, vv)
+    et &= wt
+    ncr &= wt
+    sub_lab = np.zeros(m.shape, np.uint8)
+    if "t1c" in f:
+        sub_lab[wt] = ED
+        sub_lab[ncr] = NCR
+        sub_lab[et] = ET
+    else:
+        sub_lab[wt] = ED
+    labels[box] = sub_lab
+    info["tumor_found"] = bool(wt.any())
+    info["n_lesions"] = len(kept)
+    info["decision"] = f"tumor: {len(kept)} FLAIR-hyperintense lesion(s) of at least {cfg.min_tumor_ml:g} mL"
+    return _finish(labels)
