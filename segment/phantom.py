@@ -412,6 +412,11 @@ def make_phantom(
         for code, cls in ((1, 7), (2, 8), (3, 9), (4, 10)):
             label_map[extra == code] = cls
 
+    if not skull:
+        # A brain-only image is a head image masked after acquisition: voxels at the brain's
+        # edge are blurred with the CSF and meninges around it, never with empty space.
+        label_map[label_map == 0] = 1
+
     images: dict[str, np.ndarray] = {}
     for mi, mod in enumerate(MODALITIES):
         # draw every modality's bias and noise, in order, so a subset of modalities does not
