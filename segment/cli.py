@@ -36,20 +36,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", type=Path, required=True, help="output root; writes OUT/<case name>/")
     _add_config(p)
 
-    p = sub.add_parser("batch", help="segment every case folder under a root folder")
-    p.add_argument("--input", "-i", type=Path, required=True, help="folder of case folders")
+    p = sub.add_parser(
+        "batch", help="segment every case folder under a root folder",
+        description="Segment every case folder under ROOT into OUT/<case>/ and write OUT/report.csv, "
+        "OUT/summary.csv, OUT/index.html (review page), OUT/config.yaml and OUT/run.log. A rerun skips "
+        "cases whose outputs are complete. Exit code 0: all cases ok; 1: any case failed; 2: usage error; "
+        "130: interrupted (the report lists what finished).",
+    )
+    p.add_argument("--input", "-i", type=Path, required=True, metavar="ROOT", help="folder of case folders")
     p.add_argument("--out", "-o", type=Path, required=True, help="output root")
-    p.add_argument("--workers", "-j", type=int, default=None, help="parallel worker processes (default: cores)")
-    p.add_argument("--force", action="store_true", help="redo cases whose outputs already exist")
+    p.add_argument("--workers", "-j", type=int, default=None,
+                   help="parallel worker processes (default: batch.workers of the config, else the number of cores)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run the cases on this Dask cluster, e.g. tcp://host:8786 (needs segment[distributed] "
+                   "and a file system shared with the workers)")
+    p.add_argument("--force", action="store_true", default=None, help="redo cases whose outputs are already complete")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                   help="no progress bar or per-case lines")
     _add_config(p)
 
     p = sub.add_parser("skullstrip", help="write a brain mask for one image")
     p.add_argument("image", type=Path)
     p.add_argument("--out", "-o", type=Path, required=True, help="mask file (.nii.gz)")
 
-    p = sub.add_parser("evaluate", help="compare a label map with a ground truth; prints JSON")
-    p.add_argument("pred", type=Path)
-    p.add_argument("gt", type=Path)
+    p = sub.add_parser(
+        "evaluate", help="compare a label map with a ground truth (JSON), or two folders (report.csv)",
+        description="PRED and GT files: print Dice, IoU, sensitivity, specificity, HD95 and volume difference "
+        "per label as JSON. PRED and GT folders: match predictions to ground truths by case id (file or "
+        "folder names, ignoring words like seg/pred/label) and write report.csv and summary.csv to --out "
+        "(the summary is printed without --out). Exit code 1 when a case could not be scored.",
+    )
+    p.add_argument("pred", type=Path, help="label map, or folder of label maps / case folders")
+    p.add_argument("gt", type=Path, help="ground truth, or folder of ground truths / case folders")
+    p.add_argument("--out", "-o", type=Path, default=None, help="folder mode: write report.csv, summary.csv, index.html here")
+    p.add_argument("--kind", choices=("auto", "tissue", "tumor"), default="auto",
+                   help="folder mode: tissue labels (1 CSF, 2 GM, 3 WM) or tumor labels (BraTS WT/TC/ET); "
+                   "auto: by file names, else by the ground truth's content")
 
     p = sub.add_parser("phantom", help="write synthetic cases with exact ground truth")
     p.add_argument("out", type=Path, help="output folder; one sub-folder per case")
@@ -90,13 +112,27 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from .batch import run_batch
+    from .batch import BatchUsageError, run_batch
+    from .config import load_config
 
-    config = _config(args)
-    report = run_batch(args.input, args.out, config, workers=args.workers, force=args.force)
-    n_fail = sum(1 for r in report if r["status"] == "failed")
-    print(f"{len(report) - n_fail} ok, {n_fail} failed; report: {args.out / 'report.csv'}")
-    return 1 if n_fail else 0
+    overrides: dict = {}
+    if getattr(args, "seed", None) is not None:
+        overrides["seed"] = args.seed
+    batch = {k: v for k, v in (("workers", args.workers), ("scheduler", args.scheduler), ("force", args.force))
+             if v is not None}
+    if batch:
+        overrides["batch"] = batch
+    config = load_config(args.config, overrides)  # flags override the file; errors exit 2
+    try:
+        report = run_batch(args.input, args.out, config, progress=args.progress)
+    except BatchUsageError as exc:
+        print(f"segment: error: {exc}", file=sys.stderr)
+        return 2
+    extra = f", {len(report.skipped)} skipped as complete" if report.skipped else ""
+    stop = " (interrupted)" if report.interrupted else ""
+    print(f"{report.n_ok} ok, {report.n_failed} failed{extra}{stop}; report: {args.out / 'report.csv'}, "
+          f"review: {args.out / 'index.html'}")
+    return report.exit_code
 
 
 def cmd_skullstrip(args: argparse.Namespace) -> int:
@@ -122,6 +158,8 @@ def cmd_skullstrip(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.pred.is_dir() or args.gt.is_dir():
+        return _evaluate_folders(args)
     import numpy as np
 
     from .io.nifti import load_volume, same_grid
@@ -141,6 +179,33 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     metrics = evaluate_labels(pred.data, gt.data, names, gt.spacing)
     print(json.dumps(jsonable(metrics), indent=2))
     return 0
+
+
+def _evaluate_folders(args: argparse.Namespace) -> int:
+    from .batch import BatchUsageError, evaluate_folders
+    from .report.tables import summarize
+
+    if not (args.pred.is_dir() and args.gt.is_dir()):
+        print(f"segment: error: {args.pred} and {args.gt}: give two files or two folders", file=sys.stderr)
+        return 2
+    try:
+        report = evaluate_folders(args.pred, args.gt, args.out, kind=args.kind, progress=False)
+    except BatchUsageError as exc:
+        print(f"segment: error: {exc}", file=sys.stderr)
+        return 2
+    for r in report.rows:
+        if r["status"] != "ok":
+            print(f"{r['case_id']}: failed: {r['error']}", file=sys.stderr)
+    if args.out is not None:
+        print(f"{report.n_ok} scored, {report.n_failed} failed; report: {args.out / 'report.csv'}")
+    else:
+        ok = [r for r in report.rows if r["status"] == "ok"]
+        cols = [k for k in (ok[0] if ok else {}) if k.startswith(("dice_", "hd95_"))]
+        summary = {s["metric"]: {k: s[k] for k in ("n", "mean", "std", "median", "iqr")} for s in summarize(ok, cols)}
+        from .report.tables import to_jsonable as jsonable
+
+        print(json.dumps(jsonable({"cases": len(report.rows), "failed": report.n_failed, "summary": summary}), indent=2))
+    return 130 if report.interrupted else (1 if report.n_failed else 0)
 
 
 def cmd_phantom(args: argparse.Namespace) -> int:
