@@ -168,7 +168,12 @@ def _smooth(img: np.ndarray, mask: np.ndarray, sigma_mm: float, spacing) -> np.n
     """Gaussian smoothing normalised inside ``mask`` (no darkening at the brain edge)."""
     if sigma_mm <= 0:
         return img.astype(np.float32, copy=True)
-    sig = [sigma_mm / s for s in spacing]
+    return _smooth_aniso(img, mask, [sigma_mm] * 3, spacing)
+
+
+def _smooth_aniso(img: np.ndarray, mask: np.ndarray, sigma_mm: Sequence[float], spacing) -> np.ndarray:
+    """Like :func:`_smooth` with one sigma (mm) per axis."""
+    sig = [sg / sp for sg, sp in zip(sigma_mm, spacing)]
     m = mask.astype(np.float32)
     num = ndi.gaussian_filter(img.astype(np.float32) * m, sig, mode="constant")
     den = ndi.gaussian_filter(m, sig, mode="constant")
@@ -211,6 +216,78 @@ def _robust_sd(x: np.ndarray) -> float:
     if not sd > 0:
         sd = float(np.std(x)) or 1.0
     return float(sd)
+
+
+def _enhancement_split(values: np.ndarray, cfg: TumorConfig, seed: int) -> dict[str, object]:
+    """Split the enhancement values of the lesion region into non-enhancing and enhancing.
+
+    A 1-D Gaussian mixture of three components (non-enhancing tissue is often two: edema and a
+    darker core) is fitted on the histogram of the values (256 bins, counts as sample
+    weights: exact enough and independent of the region's size). The component with the highest
+    mean is the enhancing candidate, the heaviest of the others the non-enhancing reference.
+    Enhancement exists when the candidate lies at least ``et_min_sd`` reference SDs (and
+    ``et_min_delta``) above the reference and holds at least ``min_et_mm3``-worth of weight;
+    the boundary is then half-way between the reference mean and the plateau of the enhancing
+    voxels (median above the boundary, iterated; at least ``et_floor_sd`` SDs above the
+    reference): a blurred edge is cut in its middle.
+    """
+    from ..mixture.gmm import GaussianMixture
+
+    out: dict[str, object] = {"enhancing": False}
+    v = values[np.isfinite(values)].astype(np.float64)
+    if v.size < 20:
+        out["reason"] = "too few voxels"
+        return out
+    lo, hi = np.percentile(v, [0.05, 99.95])
+    if not hi > lo:
+        out["reason"] = "no spread"
+        return out
+    counts, edges = np.histogram(np.clip(v, lo, hi), bins=256, range=(lo, hi))
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    keep = counts > 0
+    x, w = centres[keep][:, None], counts[keep].astype(np.float64)
+    gmm = GaussianMixture(3, covariance_type="full", random_state=seed, reg_covar=(edges[1] - edges[0]) ** 2,
+                          max_iter=300, tol=1e-5, n_init=2)
+    gmm.fit(x, sample_weight=w)
+    means = gmm.means_[:, 0]
+    sds = np.sqrt(np.asarray(gmm.covariances_).reshape(3, -1)[:, 0])
+    weights = gmm.weights_
+    order = np.argsort(means)
+    top = int(order[-1])
+    rest = [int(k) for k in order[:-1]]
+    ref = max(rest, key=lambda k: weights[k])
+    delta = float(means[top] - means[ref])
+    out.update(
+        means=[round(float(means[k]), 3) for k in order],
+        sds=[round(float(sds[k]), 3) for k in order],
+        weights=[round(float(weights[k]), 3) for k in order],
+        reference_mean=round(float(means[ref]), 3),
+        reference_sd=round(float(sds[ref]), 3),
+        enhancing_mean=round(float(means[top]), 3),
+    )
+    if delta < max(cfg.et_min_sd * sds[ref], cfg.et_min_delta):
+        out["reason"] = (
+            f"brightest component only {delta:.2f} above the non-enhancing one "
+            f"(needs {cfg.et_min_sd:g} SD = {cfg.et_min_sd * sds[ref]:.2f} and {cfg.et_min_delta:g})"
+        )
+        return out
+    floor = means[ref] + cfg.et_floor_sd * sds[ref]
+    t = max(means[ref] + 0.5 * delta, floor)
+    # the enhancing component's mean is dragged down by partial-volume voxels; the plateau is
+    # the median of the voxels above the boundary: iterate t = (reference + plateau) / 2
+    for _ in range(5):
+        above = v[v > t]
+        if above.size < 2:
+            out["reason"] = "no voxel above the boundary"
+            return out
+        t_new = max(0.5 * (means[ref] + float(np.median(above))), floor)
+        if abs(t_new - t) < 1e-3:
+            break
+        t = t_new
+    out["plateau"] = round(float(np.median(v[v > t])), 3)
+    out["enhancing"] = True
+    out["threshold"] = round(float(t), 3)
+    return out
 
 
 def _bbox(mask: np.ndarray, pad: int) -> tuple[slice, ...]:
@@ -300,8 +377,13 @@ def segment_tumor(
 
     # ---- 1. detection ------------------------------------------------------------------
     fs = _smooth(f["flair"], m, cfg.smooth_mm, spacing)
-    cand = (fs > cfg.seed_z) & m
-    cand = _dilate_mm(_erode_mm(cand, cfg.open_mm, spacing), cfg.open_mm, spacing) & cand
+    # detection: stronger smoothing and an opening of at least about one voxel, so that the
+    # noise of healthy grey matter never forms a seed whatever the voxel size
+    sig_det = [max(cfg.detect_smooth_mm, 0.75 * sp) for sp in spacing]
+    fd = _smooth_aniso(f["flair"], m, sig_det, spacing)
+    r_open = max(cfg.open_mm, 1.01 * min(spacing))
+    cand = (fd > cfg.seed_z) & m
+    cand = _dilate_mm(_erode_mm(cand, r_open, spacing), r_open, spacing) & cand
     lab, n = ndi.label(cand, structure=_FULL)
     surface = m & ~_erode_mm(m, cfg.surface_mm, spacing)
     lesions: list[int] = []
@@ -363,20 +445,11 @@ def segment_tumor(
         if cfg.et_smooth_mm > 0:
             e = _smooth(e, m, cfg.et_smooth_mm, spacing)
         region = _dilate_mm(wt0, cfg.et_margin_mm, spacing) & m
-        ev = e[region]
-        base = float(np.median(ev))
-        sd = _robust_sd(ev)
-        t_cand = base + max(cfg.et_min_sd * sd, cfg.et_min_delta)
-        cand_et = (e > t_cand) & region
-        info["enhancement_base"] = round(base, 3)
-        info["enhancement_sd"] = round(sd, 3)
-        if np.count_nonzero(cand_et) * vv >= cfg.min_et_mm3:
-            level = float(np.median(e[cand_et]))
-            t_et = max(base + 0.5 * (level - base), base + cfg.et_floor_sd * sd)
-            et = (e > t_et) & region
+        split = _enhancement_split(e[region], cfg, seed)
+        info["enhancement_model"] = split
+        if split["enhancing"]:
+            et = (e > split["threshold"]) & region
             et = _remove_small(et, cfg.min_et_mm3, vv)
-            info["enhancement_threshold"] = round(t_et, 3)
-            info["enhancement_level"] = round(level, 3)
 
     # which lesions are kept: the largest, and others that are large or enhance
     sizes = {i: int(np.count_nonzero(lab == i)) for i in lesions}
