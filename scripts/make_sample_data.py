@@ -9,7 +9,7 @@ Writes (each folder is one case that ``segment.io.cases.find_case`` recognises):
 
 * ``phantom_tissue_0``, ``phantom_skull_1``, ``phantom_tumor_2``: synthetic cases from
   :func:`segment.phantom.make_phantom` (see ``PHANTOMS`` below for the exact calls).
-* ``mni152_2mm``: the ICBM 2009a template T1 average-pooled 2x2x2 to 2 mm, with tissue labels
+* ``mni152_2mm``: the ICBM 2009a template T1 average-pooled 2x2x2 to 2 mm (over brain voxels), with tissue labels
   (argmax of CSF = 1 - GM - WM, GM, WM inside t1 > 0) from the probability maps pooled the same way.
 * ``BraTS-GLI-demo-000``: the BraTS glioma example cropped to the brain's bounding box (plus a
   margin) and average-pooled 2x2x2 to 2 mm, BraTS 2023 file names; no ground truth.
@@ -54,6 +54,16 @@ def pool(data: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
     return d.reshape(X, fx, Y, fy, Z, fz).mean(axis=(1, 3, 5))
 
 
+def pool_brain(data: np.ndarray, factors: tuple[int, int, int], brain: np.ndarray) -> np.ndarray:
+    """Block mean over the brain voxels of each block; a block is brain when at least half of
+    it is, else 0. A skull-stripped scan is masked after acquisition, so its edge must stay a
+    hard cut: averaging zeros into the edge blocks would make a dark rim that no real scan has."""
+    num = pool(np.where(brain, data, 0), factors)
+    frac = pool(brain.astype(np.float64), factors)
+    out = np.where(frac >= 0.5, num / np.maximum(frac, 1e-12), 0.0)
+    return out
+
+
 def pooled_affine(affine: np.ndarray, factors: tuple[int, int, int], start=(0, 0, 0)) -> np.ndarray:
     """Affine of ``pool(data[start:], factors)``: new index i maps to old index
     ``start + factors * i + (factors - 1) / 2`` (the centre of the block)."""
@@ -80,7 +90,7 @@ def make_mni(src: Path, out: Path) -> None:
     gm, _ = load(src / "gm_prob.nii.gz")
     wm, _ = load(src / "wm_prob.nii.gz")
     f = (2, 2, 2)
-    t1p = pool(t1, f).astype(np.float32)
+    t1p = pool_brain(t1, f, t1 > 0).astype(np.float32)
     gmp = pool(gm, f) / 255.0
     wmp = pool(wm, f) / 255.0
     csfp = np.clip(1.0 - gmp - wmp, 0.0, 1.0)
@@ -111,7 +121,7 @@ def make_brats(src: Path, out: Path, margin: int = 4) -> None:
     case_id = "BraTS-GLI-demo-000"
     d = out / case_id
     for k, (data, _) in vols.items():
-        pooled = pool(data[sl], f)
+        pooled = pool_brain(data[sl], f, nonzero[sl])
         save_volume(np.rint(pooled).astype(np.int16), new_aff, d / f"{case_id}-{k}.nii.gz")
 
 

@@ -68,6 +68,12 @@ class MixtureConfig(_Strict):
     partial_volume: bool = Field(
         True, description="model voxels mixing two tissues (CSF/GM, GM/WM) and label by the larger fraction"
     )
+    fit_margin_mm: float = Field(
+        3.0, ge=0, le=20,
+        description="when the brain mask comes from skull stripping, fit the mixture on the mask eroded "
+        "by this much (and at least one voxel), so stripping errors at its edge do not pull the classes; "
+        "every brain voxel is labelled",
+    )
     max_samples: int | None = Field(
         None, ge=1000, description="fit on a random subset of at most this many voxels (all are labelled)"
     )
@@ -103,6 +109,9 @@ class TumorConfig(_Strict):
     )
     # detection: does a tumor exist? (robust z units of the normalised FLAIR; sizes in mm / mL)
     smooth_mm: float = Field(1.0, ge=0, le=5, description="Gaussian sigma (mm) of the FLAIR used for detection and WT")
+    detect_smooth_mm: float = Field(
+        2.0, ge=0, le=10, description="Gaussian sigma (mm, at least 0.75 voxel) of the FLAIR used to find seeds"
+    )
     seed_z: float = Field(
         3.0, ge=1, le=10, description="smoothed FLAIR above this robust z is a tumor seed (healthy brain stays below)"
     )
@@ -131,6 +140,9 @@ class TumorConfig(_Strict):
     # enhancing tumor and necrosis (need T1c)
     et_smooth_mm: float = Field(0.0, ge=0, le=5, description="Gaussian sigma (mm) of the enhancement map")
     et_margin_mm: float = Field(3.0, ge=0, le=30, description="ET is searched in WT grown by this margin (mm)")
+    et_ref_shell_mm: float = Field(
+        5.0, ge=0, le=30, description="with T1: normal brain this far around the lesion joins the non-enhancing reference"
+    )
     et_min_sd: float = Field(
         3.0, gt=0, le=20, description="enhancement candidates exceed the lesion's non-enhancing level by this many SDs"
     )
@@ -158,6 +170,9 @@ class QCConfig(_Strict):
     )
     tumor_edge_fraction: float = Field(
         0.01, ge=0, le=1, description="flag a tumor with more than this fraction of its voxels on the brain mask's border"
+    )
+    min_dice: float = Field(
+        0.5, ge=0, le=1, description="flag a case whose Dice for any class or region is below this (with ground truth)"
     )
 
     @field_validator("brain_volume_ml")
@@ -190,7 +205,7 @@ class BatchConfig(_Strict):
         import re
 
         if not re.fullmatch(r"(tcp|tls|ws|wss|ucx|inproc)://\S+", v):
-            raise ValueError(f"not a scheduler address; allowed: tcp://host:port (or tls://, ws://, wss://, ucx://)")
+            raise ValueError("not a scheduler address; allowed: tcp://host:port (or tls://, ws://, wss://, ucx://)")
         return v
 
 

@@ -20,7 +20,7 @@ from .config import Config
 from .errors import InputError
 from .io.cases import LoadedCase, find_case, load_case
 from .io.nifti import from_ras, save_volume
-from .types import MODALITIES, TISSUE_LABELS, Case, CaseResult
+from .types import MODALITIES, TISSUE_LABELS, TISSUE_TUMOR_LABEL, Case, CaseResult
 
 log = logging.getLogger("segment")
 
@@ -37,6 +37,8 @@ class Segmentation:
     tissue: np.ndarray
     features: dict[str, np.ndarray]
     probabilities: np.ndarray | None = None
+    tumor: np.ndarray | None = None  # internal BraTS 2023 coding, or None when the task did not run
+    tumor_regions: list[str] = field(default_factory=list)
     info: dict[str, object] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -98,10 +100,24 @@ def normalize_step(loaded: LoadedCase, mask: np.ndarray, config: Config) -> dict
     return out
 
 
+def fit_core(mask: np.ndarray, spacing: tuple[float, float, float], margin_mm: float) -> np.ndarray:
+    """The mask eroded by ``margin_mm`` (Euclidean, in mm) and by at least one voxel along
+    every axis (so a thick-slice scan loses its first and last slice too)."""
+    from scipy import ndimage as ndi
+
+    if margin_mm <= 0:
+        return mask
+    core = ndi.binary_erosion(mask)
+    box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in np.nonzero(mask))
+    core[box] &= ndi.distance_transform_edt(mask[box], sampling=spacing) > margin_mm
+    return core
+
+
 def fit_tissue_mixture(
     features: np.ndarray,
     modalities: list[str],
     config: Config,
+    fit_rows: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
     """Fit the tissue GMM on brain voxels and return (labels 1..3, class probabilities, info).
 
@@ -109,6 +125,9 @@ def fit_tissue_mixture(
     ----------
     features : ndarray of shape (n_voxels, n_features)
     modalities : the features' modality names
+
+    fit_rows : ndarray of shape (n_voxels,), bool, optional
+        Rows the mixture is fitted on (default all); every row is labelled.
 
     One feature with few distinct values (e.g. 8-bit images) is fitted exactly on its histogram
     of unique values with ``sample_weight``; otherwise on all voxels, or on a seeded random subset
@@ -130,22 +149,26 @@ def fit_tissue_mixture(
         dtype=dtype,
     )
     n = features.shape[0]
-    info: dict[str, object] = {"n_voxels": int(n)}
-    fit_x, weights = features, None
-    uniq, inverse, counts = None, None, None
+    if fit_rows is None:
+        fit_rows = np.ones(n, dtype=bool)
+    n_fit = int(np.count_nonzero(fit_rows))
+    info: dict[str, object] = {"n_voxels": int(n), "n_fit_voxels": n_fit}
+    fit_x, weights = features[fit_rows], None
+    uniq, inverse = None, None
     if features.shape[1] == 1:
-        uniq, inverse, counts = np.unique(features[:, 0], return_inverse=True, return_counts=True)
+        uniq, inverse = np.unique(features[:, 0], return_inverse=True)
         if uniq.size <= max(n // 4, 1):
-            fit_x, weights = uniq[:, None].astype(np.float64), counts.astype(np.float64)
-            info["fit"] = f"histogram of {uniq.size} unique values"
+            counts = np.bincount(inverse[fit_rows], minlength=uniq.size).astype(np.float64)
+            used = counts > 0
+            fit_x, weights = uniq[used][:, None].astype(np.float64), counts[used]
+            info["fit"] = f"histogram of {int(used.sum())} unique values"
         else:
             uniq = None
-    if weights is None and mc.max_samples is not None and n > mc.max_samples:
+    if weights is None and mc.max_samples is not None and n_fit > mc.max_samples:
         rng = np.random.default_rng(config.seed)
-        idx = np.sort(rng.choice(n, size=mc.max_samples, replace=False))
-        fit_x = features[idx]
+        fit_x = fit_x[np.sort(rng.choice(n_fit, size=mc.max_samples, replace=False))]
         info["fit"] = f"random subset of {mc.max_samples} voxels"
-    info.setdefault("fit", f"all {n} voxels")
+    info.setdefault("fit", f"all {n_fit} voxels of the fit region")
     gmm.fit(fit_x, sample_weight=weights)
     classes = name_tissue_components(gmm.means_, modalities)
     predict_x = uniq[:, None].astype(np.float64) if uniq is not None else features
@@ -219,44 +242,89 @@ def run_pipeline(case: Case | LoadedCase | str | os.PathLike, config: Config | N
     feats = normalize_step(loaded, mask, config)
     timings["normalize"] = time.perf_counter() - t
 
+    tumor = None
+    regions: list[str] = []
+    from .labeling.tumor import segment_tumor, should_run_tumor
+
+    if should_run_tumor(loaded.modalities, config.tumor):
+        t = time.perf_counter()
+        tres = segment_tumor(feats, mask, loaded.spacing, config=config.tumor, seed=config.seed)
+        tumor = tres.labels.astype(np.uint8)
+        regions = list(tres.regions)
+        info["tumor"] = tres.info
+        timings["tumor"] = time.perf_counter() - t
+    info["tumor_regions"] = regions
+
     mods = [m for m in (config.mixture.modalities or loaded.modalities) if m in feats]
     if not mods:
         raise InputError(
             f"{loaded.case.root or loaded.case.case_id}: none of mixture.modalities "
             f"{list(config.mixture.modalities or [])} is present (found {loaded.modalities})"
         )
+    # the tissue mixture sees healthy brain only: tumor voxels would pull its components
+    healthy = mask if tumor is None else mask & (tumor == 0)
+    if not healthy.any():
+        raise InputError(f"{loaded.case.root or loaded.case.case_id}: no healthy brain voxel left for the tissue model")
     t = time.perf_counter()
-    X = np.stack([feats[m][mask] for m in mods], axis=1).astype(np.float64)
-    labels, probs, mix_info = fit_tissue_mixture(X, mods, config)
+    fit_region = healthy
+    if info["mask_method"] == "skullstrip":
+        # an estimated mask's edge is uncertain (bits of skull, dura, scalp): keep it out of the fit
+        fit_region = healthy & fit_core(mask, loaded.spacing, config.mixture.fit_margin_mm)
+    if loaded.coverage is not None:
+        fit_region &= loaded.coverage
+    if np.count_nonzero(fit_region) < max(1000, 0.05 * np.count_nonzero(healthy)):
+        fit_region = healthy  # a tiny or thin brain: use all of it
+    X = np.stack([feats[m][healthy] for m in mods], axis=1).astype(np.float64)
+    in_fit = fit_region[healthy]
+    labels, probs, mix_info = fit_tissue_mixture(X, mods, config, fit_rows=in_fit)
     timings["mixture"] = time.perf_counter() - t
     info.update(mixture=mix_info, features=mods)
 
     t = time.perf_counter()
     tissue = np.zeros(mask.shape, dtype=np.uint8)
-    tissue[mask] = labels
+    tissue[healthy] = labels
     if config.postprocess.min_island_mm3 > 0:
         from .postprocess import remove_small_islands
 
-        tissue = remove_small_islands(tissue, mask, loaded.spacing, config.postprocess.min_island_mm3)
+        tissue = remove_small_islands(tissue, healthy, loaded.spacing, config.postprocess.min_island_mm3)
+    if tumor is not None:
+        tissue[tumor > 0] = TISSUE_TUMOR_LABEL
     timings["postprocess"] = time.perf_counter() - t
 
     prob_maps = None
     if config.outputs.probabilities:
         prob_maps = np.zeros(mask.shape + (probs.shape[1],), dtype=np.float32)
-        prob_maps[mask] = probs
-    return Segmentation(loaded, mask, tissue, feats, prob_maps, info, timings)
+        prob_maps[healthy] = probs
+    return Segmentation(loaded, mask, tissue, feats, prob_maps, tumor, regions, info, timings)
 
 
 # --------------------------------------------------------------------------- metrics & outputs
 
 
-def tissue_truth(loaded: LoadedCase) -> np.ndarray | None:
-    """The tissue ground truth on the RAS grid, if the case has one (labels 0..4)."""
-    vol = loaded.truth.get("tissue") or loaded.truth.get("seg")
-    if vol is None:
-        return None
-    labels = np.unique(vol.data)
-    bad = [int(v) for v in labels if v not in (0, 1, 2, 3, 4)]
+def truth_kinds(loaded: LoadedCase, mask: np.ndarray, config: Config) -> dict[str, str]:
+    """Which ground-truth file holds tissue and which holds tumor labels.
+
+    A file named ``seg_tissue``/``seg_tumor`` says so itself; a plain ``seg``/``label`` follows
+    ``config.truth``, and with ``auto`` it is tissue when its labels cover most of the brain
+    (a tissue map covers all of it, a tumor never does), else tumor.
+    """
+    out: dict[str, str] = {}
+    for kind in ("tissue", "tumor"):
+        if kind in loaded.truth:
+            out[kind] = kind
+    if "seg" in loaded.truth:
+        kind = config.truth
+        if kind == "auto":
+            covered = np.count_nonzero(loaded.truth["seg"].data[mask]) / max(int(mask.sum()), 1)
+            kind = "tissue" if covered > 0.5 else "tumor"
+        out.setdefault(kind, "seg")
+    return out
+
+
+def tissue_truth(loaded: LoadedCase, key: str) -> np.ndarray:
+    """Tissue ground truth on the RAS grid (0 bg, 1 CSF, 2 GM, 3 WM, 4 tumor)."""
+    vol = loaded.truth[key]
+    bad = [int(v) for v in np.unique(vol.data) if v not in (0, 1, 2, 3, 4)]
     if bad:
         raise InputError(
             f"{vol.path}: ground truth has labels {bad} outside the tissue coding "
@@ -265,14 +333,28 @@ def tissue_truth(loaded: LoadedCase) -> np.ndarray | None:
     return vol.data.astype(np.uint8)
 
 
-def compute_metrics(seg: Segmentation) -> dict[str, float]:
-    """Per-class metrics of the tissue labels against the case's ground truth ({} without one)."""
-    from .metrics import evaluate_labels
+def tumor_truth(loaded: LoadedCase, key: str) -> np.ndarray:
+    """Tumor ground truth on the RAS grid in internal BraTS 2023 coding (1 NCR, 2 ED, 3 ET)."""
+    from .metrics import map_tumor_labels
 
-    truth = tissue_truth(seg.loaded)
-    if truth is None:
-        return {}
-    return evaluate_labels(seg.tissue, truth, TISSUE_LABELS, seg.loaded.spacing)
+    vol = loaded.truth[key]
+    return map_tumor_labels(vol.data, loaded.case.tumor_coding, source=str(vol.path)).astype(np.uint8)
+
+
+def compute_metrics(seg: Segmentation, config: Config | None = None) -> dict[str, float]:
+    """Metrics of the tissue labels (per class) and tumor regions against the case's ground truth."""
+    from .metrics import evaluate_brats, evaluate_labels
+
+    config = config or Config()
+    kinds = truth_kinds(seg.loaded, seg.brain_mask, config)
+    metrics: dict[str, float] = {}
+    if "tissue" in kinds:
+        truth = tissue_truth(seg.loaded, kinds["tissue"])
+        metrics.update(evaluate_labels(seg.tissue, truth, TISSUE_LABELS, seg.loaded.spacing))
+    if "tumor" in kinds and seg.tumor is not None and seg.tumor_regions:
+        truth = tumor_truth(seg.loaded, kinds["tumor"])
+        metrics.update(evaluate_brats(seg.tumor, truth, seg.loaded.spacing, regions=seg.tumor_regions))
+    return metrics
 
 
 def write_outputs(seg: Segmentation, out_dir: Path, config: Config, metrics: dict[str, float]) -> dict[str, Path]:
@@ -294,23 +376,74 @@ def write_outputs(seg: Segmentation, out_dir: Path, config: Config, metrics: dic
                 from_ras(seg.probabilities[..., c - 1], ref), ref.affine,
                 out_dir / f"prob_{name.lower()}.nii.gz", dtype=np.float32,
             )
-    if metrics:
-        outputs["metrics"] = write_json(metrics, out_dir / "metrics.json")
-    if config.outputs.overlay:
-        from .report.figures import overlay_figure
+    if seg.tumor is not None:
+        from .metrics import to_coding
 
-        truth = tissue_truth(seg.loaded)
-        base = seg.loaded.images[seg.loaded.modalities[0]].data
-        outputs["overlay"] = overlay_figure(
-            base,
-            seg.tissue,
-            out_dir / "overlay.png",
-            spacing=seg.loaded.spacing,
-            truth=truth,
-            label_names=TISSUE_LABELS,
-            title=f"{seg.loaded.case.case_id}: tissue",
-        )
+        coded = to_coding(seg.tumor, config.tumor.coding)
+        outputs["tumor"] = save_volume(from_ras(coded, ref), ref.affine, out_dir / "tumor.nii.gz", dtype=np.uint8)
+    if metrics or seg.tumor is not None:
+        doc: dict[str, object] = dict(metrics)
+        if seg.tumor is not None:
+            doc["tumor_regions_estimated"] = list(seg.tumor_regions)
+            doc["tumor_volumes_ml"] = _tumor_volumes(seg)
+        outputs["metrics"] = write_json(doc, out_dir / "metrics.json")
+    if config.outputs.overlay:
+        outputs["overlay"] = write_overlay(seg, out_dir / "overlay.png", config)
     return outputs
+
+
+#: Codes of the combined tissue + tumor map drawn in overlays.
+OVERLAY_LABELS = {1: "CSF", 2: "GM", 3: "WM", 5: "NCR", 6: "ED", 7: "ET"}
+
+
+def _tumor_volumes(seg: Segmentation) -> dict[str, float]:
+    vox = seg.loaded.grid.voxel_volume / 1000.0
+    t = seg.tumor if seg.tumor is not None else np.zeros(1, np.uint8)
+    return {
+        "NCR": float((t == 1).sum() * vox),
+        "ED": float((t == 2).sum() * vox),
+        "ET": float((t == 3).sum() * vox),
+        "WT": float((t > 0).sum() * vox),
+        "TC": float(((t == 1) | (t == 3)).sum() * vox),
+    }
+
+
+def _overlay_map(tissue: np.ndarray | None, tumor: np.ndarray | None) -> np.ndarray | None:
+    """Tissue 1..3 and tumor classes as 5..7 in one map (tissue label 4 gives way to tumor)."""
+    if tissue is None and tumor is None:
+        return None
+    shape = (tissue if tissue is not None else tumor).shape
+    out = np.zeros(shape, np.uint8)
+    if tissue is not None:
+        out[(tissue >= 1) & (tissue <= 3)] = tissue[(tissue >= 1) & (tissue <= 3)]
+    if tumor is not None:
+        out[tumor > 0] = tumor[tumor > 0] + 4
+    return out
+
+
+def write_overlay(seg: Segmentation, path: Path, config: Config) -> Path:
+    """Overlay of tissue (and tumor) labels on the reference image, truth as contours."""
+    from .report.figures import overlay_figure
+
+    kinds = truth_kinds(seg.loaded, seg.brain_mask, config)
+    t_tissue = tissue_truth(seg.loaded, kinds["tissue"]) if "tissue" in kinds else None
+    t_tumor = tumor_truth(seg.loaded, kinds["tumor"]) if "tumor" in kinds else None
+    truth = _overlay_map(t_tissue, t_tumor)
+    if seg.tumor is not None and (seg.tumor > 0).any():
+        base_mod = next((m for m in ("flair", "t1c", "t2") if m in seg.loaded.images), seg.loaded.modalities[0])
+        title = f"{seg.loaded.case.case_id}: tissue and tumor on {base_mod}"
+    else:
+        base_mod = seg.loaded.modalities[0]
+        title = f"{seg.loaded.case.case_id}: tissue on {base_mod}"
+    return overlay_figure(
+        seg.loaded.images[base_mod].data,
+        _overlay_map(seg.tissue, seg.tumor),
+        path,
+        spacing=seg.loaded.spacing,
+        truth=truth,
+        label_names=OVERLAY_LABELS,
+        title=title,
+    )
 
 
 def segment_case(
@@ -344,7 +477,7 @@ def segment_case(
     if not isinstance(case, Case):
         case = find_case(case)
     seg = run_pipeline(case, config)
-    metrics = compute_metrics(seg)
+    metrics = compute_metrics(seg, config)
     outputs: dict[str, Path] = {}
     if out_dir is not None:
         outputs = write_outputs(seg, Path(out_dir), config, metrics)
@@ -352,6 +485,8 @@ def segment_case(
     info["timings"] = {k: round(v, 3) for k, v in seg.timings.items()}
     info["brain_volume_ml"] = float(seg.brain_mask.sum() * seg.loaded.grid.voxel_volume / 1000.0)
     info["resampled"] = seg.loaded.resampled
+    if seg.tumor is not None:
+        info["tumor_volumes_ml"] = _tumor_volumes(seg)
     return CaseResult(
         case_id=case.case_id,
         status="ok",

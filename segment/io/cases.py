@@ -120,6 +120,8 @@ class LoadedCase:
     images: dict[str, Volume]
     truth: dict[str, Volume] = field(default_factory=dict)
     resampled: list[str] = field(default_factory=list)
+    #: Voxels of the reference grid inside every series' field of view (None: all of them).
+    coverage: np.ndarray | None = None
 
     @property
     def grid(self) -> Volume:
@@ -167,6 +169,7 @@ def load_case(case: Case | str | os.PathLike, *, modalities: list[str] | None = 
     ref_ras = reorient_to_ras(reference)
     images: dict[str, Volume] = {}
     resampled: list[str] = []
+    coverage: np.ndarray | None = None
     for m in wanted:
         vol = raw[m]
         if m == ref_mod or same_grid(vol, reference):
@@ -174,6 +177,8 @@ def load_case(case: Case | str | os.PathLike, *, modalities: list[str] | None = 
         else:
             images[m] = resample_to(vol, ref_ras, order=1)
             resampled.append(m)
+            inside = resample_to(vol.with_data(np.ones(vol.shape, np.float32)), ref_ras, order=1).data > 0.999
+            coverage = inside if coverage is None else coverage & inside
     truth: dict[str, Volume] = {}
     for kind, path in case.truth.items():
         t = load_volume(path, dtype=np.int16, allow_empty=True)
@@ -186,4 +191,6 @@ def load_case(case: Case | str | os.PathLike, *, modalities: list[str] | None = 
         if t.data.min() < 0:
             raise InputError(f"{path}: ground truth has negative labels {sorted(np.unique(t.data[t.data < 0]))[:5]}")
         truth[kind] = reorient_to_ras(t)
-    return LoadedCase(case=case, reference=reference, images=images, truth=truth, resampled=resampled)
+    return LoadedCase(
+        case=case, reference=reference, images=images, truth=truth, resampled=resampled, coverage=coverage
+    )

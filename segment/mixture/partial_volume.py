@@ -67,7 +67,7 @@ class PartialVolumeMixture:
         n_classes: int = 3,
         *,
         pairs: tuple[tuple[int, int], ...] | None = None,
-        n_levels: int = 4,
+        n_levels: int = 6,
         tol: float = 1e-5,
         max_iter: int = 200,
         reg_covar: float = 1e-6,
