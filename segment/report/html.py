@@ -4,6 +4,10 @@
 figure, its quality flags and a summary of the metrics. Images are linked relatively
 (``<case>/overlay.png``), so the page works when the output folder is moved or copied as a whole
 and opened from disk.
+
+``docs/figures/index_screenshot.png`` shows the page of
+``segment batch --input sample_data --out results --config configs/demo.yaml``, rendered with
+``chromium --headless --screenshot --window-size=1400,1000 file://$PWD/results/index.html``.
 """
 from __future__ import annotations
 
@@ -44,7 +48,9 @@ def _num(v: Any) -> float | None:
 def _fmt(col: str, v: Any) -> str:
     f = _num(v)
     if f is None:
-        return "" if v in (None, "") else html.escape(str(v))
+        if v is None or v == "" or isinstance(v, float) or str(v).lower() in ("nan", "inf", "-inf"):
+            return ""
+        return html.escape(str(v))
     if col.startswith(("dice_", "iou_", "sensitivity_", "specificity_", "lesion_dice_", "fraction_")):
         return f"{f:.3f}"
     if col.startswith(("lesion_tp_", "lesion_fn_", "lesion_fp_")) or col == "n":
@@ -81,18 +87,20 @@ h2{font-size:15px;margin:22px 0 8px}
 .controls input[type=search]{padding:4px 8px;border:1px solid var(--line);border-radius:6px;min-width:220px}
 .controls select{padding:3px 6px;border:1px solid var(--line);border-radius:6px}
 table{border-collapse:collapse;font-variant-numeric:tabular-nums}
-th,td{border-bottom:1px solid var(--line);padding:4px 8px;text-align:right;vertical-align:middle;white-space:nowrap}
-th{position:sticky;top:0;background:#eef2f7;cursor:pointer;user-select:none;font-weight:600;z-index:1}
+th,td{border-bottom:1px solid var(--line);padding:4px 6px;text-align:right;vertical-align:middle;white-space:nowrap}
+th{position:sticky;top:0;background:#eef2f7;cursor:pointer;user-select:none;font-weight:600;z-index:1;white-space:normal;min-width:48px;max-width:84px;line-height:1.2}
+th.t{max-width:none}
 th.asc::after{content:" \\25B2";font-size:10px}th.desc::after{content:" \\25BC";font-size:10px}
 td.t,th.t{text-align:left}
 tbody tr:nth-child(even){background:var(--alt)}
 tr.failed{background:var(--bad)!important}
-td.flags{white-space:normal;max-width:320px;text-align:left}
+td.flags{white-space:normal;min-width:140px;max-width:240px;text-align:left}
 .flag{display:inline-block;background:var(--flagbg);color:var(--flag);border-radius:4px;padding:0 5px;margin:1px 2px 1px 0;font-size:12px}
 .err{color:#b42318;font-size:12px}
-td.img img{height:110px;display:block;background:#000;border-radius:3px}
+td.img img{height:100px;display:block;background:#000;border-radius:3px}
 table.x-hidden .x{display:none}
 #summary td:first-child,#summary th:first-child{text-align:left}
+#summary th{position:static;cursor:default}
 #lightbox{position:fixed;inset:0;background:rgba(0,0,0,.85);display:none;align-items:center;justify-content:center;z-index:9;cursor:zoom-out}
 #lightbox.on{display:flex}#lightbox img{max-width:96vw;max-height:92vh}
 #lightbox div{position:absolute;top:10px;left:16px;color:#fff;font-weight:600}
@@ -195,15 +203,16 @@ def render_index(
     w("</div>")
 
     if summary:
-        shown = [s for s in summary if s.get("metric") in main]
+        shown = [x for x in summary if x.get("metric") in main]
         if shown:
             w("<h2>Summary over the cases that succeeded</h2>")
-            w('<table id="summary"><thead><tr><th class="t nosort">metric</th><th>n</th><th>mean</th>'
-              "<th>std</th><th>median</th><th>IQR</th><th>min</th><th>max</th></tr></thead><tbody>")
-            for s in shown:
-                m = str(s["metric"])
-                cells = "".join(f"<td>{_fmt(m, s.get(k))}</td>" for k in ("mean", "std", "median", "iqr", "min", "max"))
-                w(f'<tr><td class="t">{_header(m)}</td><td>{_fmt("n", s.get("n"))}</td>{cells}</tr>')
+            w('<table id="summary"><thead><tr><th class="t nosort"></th>')
+            w("".join(f"<th>{_header(str(x['metric']))}</th>" for x in shown))
+            w("</tr></thead><tbody>")
+            for stat, label in (("n", "n"), ("mean", "mean"), ("std", "std"), ("median", "median"),
+                                ("iqr", "IQR"), ("min", "min"), ("max", "max")):
+                cells = "".join(f"<td>{_fmt('n' if stat == 'n' else str(x['metric']), x.get(stat))}</td>" for x in shown)
+                w(f'<tr><td class="t"><b>{label}</b></td>{cells}</tr>')
             w("</tbody></table>")
 
     w("<h2>Cases</h2>")
