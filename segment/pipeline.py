@@ -25,7 +25,7 @@ from .types import MODALITIES, TISSUE_LABELS, TISSUE_TUMOR_LABEL, Case, CaseResu
 log = logging.getLogger("segment")
 
 #: Voxels drawn (seeded) to fit the partial-volume model when no exact histogram is available.
-PV_MAX_SAMPLES = 20_000
+PV_MAX_SAMPLES = 12_000
 
 
 @dataclass

@@ -20,6 +20,7 @@ import warnings
 import numpy as np
 
 from ..errors import ConvergenceWarning
+from . import _pv_kernels as K
 
 _LOG_2PI = np.log(2 * np.pi)
 
@@ -98,33 +99,25 @@ class PartialVolumeMixture:
                 group.append(C + p)
         return np.array(rows), np.array(group)
 
-    def _component_params(self):
+    def _kernel_params(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every component's mean, precision Cholesky (upper, ``cov^-1 = P P^T``) and log
+        constant ``log w + log det P - d/2 log 2 pi``."""
         A = self.design_
         means = A @ self.means_
         # covariance of a mix: interpolate the pure covariances with the mixing coefficients
         covs = np.einsum("jc,cfg->jfg", A, self.covariances_)
         counts = np.bincount(self.groups_, minlength=self.n_classes + len(self.pairs_))
         log_w = np.log(np.maximum(self.class_weights_[self.groups_] / counts[self.groups_], 1e-300))
-        return means, covs, log_w
-
-    def _log_prob(self, X: np.ndarray) -> np.ndarray:
-        means, covs, log_w = self._component_params()
-        n, d = X.shape
-        out = np.empty((n, means.shape[0]))
-        for j in range(means.shape[0]):
-            # precision Cholesky: cov^-1 = P P^T, so the Mahalanobis term is |(x - m) P|^2
-            P = np.linalg.inv(np.linalg.cholesky(covs[j])).T
-            y = X @ P - means[j] @ P
-            out[:, j] = -0.5 * np.einsum("ij,ij->i", y, y) + np.log(np.diag(P)).sum() - 0.5 * d * _LOG_2PI
-        return out + log_w
-
-    @staticmethod
-    def _normalize(logp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        mx = logp.max(axis=1, keepdims=True)
-        resp = np.exp(logp - mx)
-        s = resp.sum(axis=1, keepdims=True)
-        resp /= s
-        return resp, (mx + np.log(s))[:, 0]
+        d = means.shape[1]
+        pchol = np.empty_like(covs)
+        for j in range(covs.shape[0]):
+            pchol[j] = np.linalg.inv(np.linalg.cholesky(covs[j])).T
+        logdet = np.log(np.diagonal(pchol, axis1=1, axis2=2)).sum(axis=1)
+        return (
+            np.ascontiguousarray(means),
+            np.ascontiguousarray(pchol),
+            np.ascontiguousarray(log_w + logdet - 0.5 * d * _LOG_2PI),
+        )
 
     # ------------------------------------------------------------------ fit
 
@@ -147,13 +140,13 @@ class PartialVolumeMixture:
         sample_weight : ndarray of shape (n_samples,), optional
             Non-negative weights (e.g. counts of unique values).
         """
-        X = np.asarray(X, dtype=np.float64)
+        X = np.ascontiguousarray(X, dtype=np.float64)
         if X.ndim == 1:
             X = X[:, None]
         if not np.isfinite(X).all():
             raise ValueError("X contains NaN or infinite values")
         n, d = X.shape
-        w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        w = np.ones(n) if sample_weight is None else np.ascontiguousarray(sample_weight, dtype=np.float64)
         if w.shape != (n,) or (w < 0).any() or w.sum() <= 0:
             raise ValueError("sample_weight must be non-negative with shape (n_samples,) and a positive sum")
         C = self.n_classes
@@ -171,26 +164,32 @@ class PartialVolumeMixture:
         prev = -np.inf
         self.converged_ = False
         A = self.design_
+        J = A.shape[0]
+        nch = (n + K.CHUNK - 1) // K.CHUNK
+        nk = np.empty((nch, J))
+        s1 = np.empty((nch, J, d))
+        s2 = np.empty((nch, J, d, d))
+        ll = np.empty(nch)
         for it in range(1, self.max_iter + 1):
-            resp, lse = self._normalize(self._log_prob(X))
-            lb = float(w @ lse / wsum)
+            K.pv_estep_stats(X, w, *self._kernel_params(), nk, s1, s2, ll)
+            lb = float(ll.sum() / wsum)
             self.n_iter_ = it
             self.lower_bound_ = lb
             if abs(lb - prev) < self.tol:
                 self.converged_ = True
                 break
             prev = lb
-            wr = resp * w[:, None]
-            Nj = wr.sum(axis=0)
-            Sj = wr.T @ X  # (J, d)
+            Nj, Sj, S2j = nk.sum(axis=0), s1.sum(axis=0), s2.sum(axis=0)
             # pure means: least squares over every component that involves them
             gram = (A.T * Nj) @ A + 1e-12 * np.eye(C)
             self.means_ = np.linalg.solve(gram, A.T @ Sj)
             for c in range(C):
                 if Nj[c] <= 1e-8 * wsum:
                     continue  # keep the previous covariance of an (almost) empty pure class
-                diff = X - self.means_[c]
-                self.covariances_[c] = (wr[:, c, None] * diff).T @ diff / Nj[c] + reg
+                mu = self.means_[c]
+                scatter = S2j[c] - np.outer(Sj[c], mu) - np.outer(mu, Sj[c]) + Nj[c] * np.outer(mu, mu)
+                cov = scatter / Nj[c] + reg
+                self.covariances_[c] = 0.5 * (cov + cov.T)
             Ng = np.bincount(self.groups_, weights=Nj, minlength=G)
             self.class_weights_ = np.maximum(Ng / Ng.sum(), 1e-12)
         else:
@@ -204,20 +203,18 @@ class PartialVolumeMixture:
 
     # ------------------------------------------------------------------ predict
 
-    def predict_fractions(self, X: np.ndarray, *, chunk: int = 262144) -> np.ndarray:
+    def predict_fractions(self, X: np.ndarray) -> np.ndarray:
         """Expected fraction of each pure class in every sample.
 
         Returns
         -------
         ndarray of shape (n_samples, n_classes), rows sum to one.
         """
-        X = np.asarray(X, dtype=np.float64)
+        X = np.ascontiguousarray(X, dtype=np.float64)
         if X.ndim == 1:
             X = X[:, None]
         out = np.empty((X.shape[0], self.n_classes))
-        for s in range(0, X.shape[0], chunk):
-            resp, _ = self._normalize(self._log_prob(X[s : s + chunk]))
-            out[s : s + chunk] = resp @ self.design_
+        K.pv_fractions(X, *self._kernel_params(), np.ascontiguousarray(self.design_), out)
         return out
 
     def predict(self, X: np.ndarray) -> np.ndarray:
