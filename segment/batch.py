@@ -384,6 +384,17 @@ class _RunLog:
             self._fh = None
 
 
+def _terminal(stream) -> bool:
+    """True for an interactive terminal with a size (a pty without one, as in some CI, gets plain lines)."""
+    try:
+        if not stream.isatty():
+            return False
+        size = os.get_terminal_size(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return size.columns > 0 and size.lines > 0
+
+
 class _Progress:
     """A tqdm bar with ETA on a terminal; plain lines on stderr otherwise (logs, CI, pipes)."""
 
@@ -392,10 +403,9 @@ class _Progress:
         self.total = total
         self.done = 0
         self.t0 = time.perf_counter()
-        tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.bar = None
         self.quiet = enabled is False
-        if total and tty and enabled is not False:
+        if total and enabled is not False and _terminal(self.stream):
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, unit="case", file=self.stream, dynamic_ncols=True,

@@ -394,3 +394,20 @@ def test_example_configs_document_every_key():
     named = set(re.findall(r"^[ #]*(\w+):", text, re.M))
     missing = [k for k in _keys(Config()) if k.rsplit(".", 1)[-1] not in named]
     assert not missing, f"document these keys in configs/tissue.yaml or configs/tumor.yaml: {missing}"
+
+
+def test_progress_plain_lines_off_a_terminal():
+    import io
+
+    stream = io.StringIO()
+    bar = batch_mod._Progress(2, None, stream)
+    assert bar.bar is None  # no tqdm bar when the stream is not a terminal
+    bar.step({"case_id": "a", "status": "ok"})
+    bar.step({"case_id": "b", "status": "failed", "error": "t1.nii.gz: truncated"})
+    bar.close()
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("[1/2] a: ok") and "eta" in lines[0]
+    assert lines[1].startswith("[2/2] b: failed (t1.nii.gz: truncated)")
+    quiet = io.StringIO()
+    batch_mod._Progress(1, False, quiet).step({"case_id": "a", "status": "ok"})
+    assert quiet.getvalue() == ""
