@@ -43,9 +43,53 @@ from segment.pipeline import brain_mask_step, normalize_step  # noqa: E402
 from segment.report.figures import overlay_figure  # noqa: E402
 
 #: What a reader sees on the overlays (written after looking at them; update when the method changes).
-OBSERVATIONS: dict[str, str] = {}
+OBSERVATIONS: dict[str, str] = {
+    "brats_glioma": """
+**What the overlays show** (montage: axial slices, patient's left on the image left). A ring-enhancing
+mass in the right temporal lobe: the ET contour follows the enhancing wall on T1c, the NCR fills the
+non-enhancing centre that the wall encloses (dark on T1c and T1, bright on T2), and ED covers the
+finger-like FLAIR/T2 hyperintensity spreading through the right frontal, parietal and temporal white
+matter up to the centrum semiovale, stopping at the lateral ventricle (CSF stays out: dark on FLAIR).
+This is where a radiologist would draw the three regions. Doubtful parts: a thin FLAIR-bright band along
+the *left* occipital horn (axial ~64-76) is included as ED because it is joined to the lesion by
+FLAIR-hyperintense white matter across the splenium (a separate 1.1 mL periventricular seed there was
+rejected as a small non-enhancing secondary lesion); a few ET specks along the right ventricular wall
+(axial ~88) are probably enhancing veins / choroid plexus.
+""",
+    "tcia_raw": """
+**What the overlays show.** The raw exam's series are resampled onto the T1 grid by physical coordinates
+only; they are *not* co-registered, and the lesion does not sit at the same place in every series (the
+T2/T1c ring lies medial to the FLAIR ring, by about a centimetre). WT follows the left-frontal FLAIR lesion
+correctly (FLAIR-bright bands on the posterior brain surface, skull-strip residue, are rejected as surface
+lesions or are too thin to seed), but ET/NCR built from T1c - T1 at FLAIR's place are not meaningful here. Register the
+series (rigid) before trusting sub-regions on unregistered clinical data.
+""",
+}
 LIMITATIONS = """
-## Limitations
+## Method in one paragraph
+
+Healthy brain = what the robust z-score describes; a tumor is a compact FLAIR outlier. Seeds: FLAIR smoothed
+(2 mm, at least 0.75 voxel) above z 3, opened by 2 mm (at least one voxel), lesions >= 1 mL, less than half
+in the 5 mm surface shell, median T2 above the brain median (when T2 exists); secondary lesions need 20 % of
+the largest or their own enhancement. WT grows from the seeds (within 20 mm) above the half-way FLAIR level
+between healthy brain and lesion. ET: enhancement e = T1c - T1 (T1c alone without T1); the non-enhancing
+reference is the heaviest component of a 3-component 1-D EM on e's histogram (lesion plus a 5 mm shell of
+normal brain when T1 exists); enhancement exists when >= 50 mm^3 lie 3 reference SDs (and 0.8) above it;
+the boundary is half-way between the reference and the enhancing plateau. NCR: what ET encloses after a
+3 mm closing (3-D and per-slice hole filling). WT holes are filled except FLAIR-dark (CSF) voxels. No
+component is named by index; the method has no random step.
+
+## Limitations and what is not done
+
+- T2 without FLAIR: no region is estimated (edema vs CSF is not separable on T2 alone in our model);
+  T1c alone: none (normal enhancing structures cannot be told from tumor without an edema context).
+- NCR is only what the enhancing rim encloses: non-enhancing tumor core outside an open rim (BraTS 2023
+  merges it into NCR) is labelled ED; tumors without enhancement (low grade) come out as ED only.
+- Thresholds are in robust-z units of the pipeline's normalisation; a change of its clipping percentiles
+  moves the healthy tail a little (defaults validated: `preprocess.lower_percentile` 0, `upper_percentile`
+  99.9). No probability maps are returned yet (`probabilities` is None).
+- Real-scan validation here is one BraTS case and one raw exam judged by eye; accuracy on held-out BraTS
+  cases is unmeasured in this repository.
 """
 
 SUBSETS = {"FLAIR": ("flair",), "T1c+FLAIR": ("t1c", "flair"), "all four": ("t1", "t1c", "t2", "flair")}
@@ -154,7 +198,6 @@ def main() -> int:
         res = segment_tumor(feats, mask, loaded.spacing, config=tcfg, seed=config.seed)
         dt = time.perf_counter() - t
         lab = res.labels
-        base = feats["flair"]
         figs = []
         for mod in ("flair", "t1c"):
             if mod in feats:
@@ -163,7 +206,7 @@ def main() -> int:
                     label_names=TUMOR_LABELS, title=f"{name}: tumor on {mod.upper()}"))
         figs.append(montage(feats, lab, figdir / f"tumor_{name}_montage.png", name))
         real[name] = {"res": res, "seconds": dt, "prep": t_prep, "shape": lab.shape, "spacing": loaded.spacing,
-                      "figs": figs, "base": base}
+                      "figs": figs}
         print(f"{name}: {res.info['volumes_ml']} tumor step {dt:.2f} s, load+mask+normalise {t_prep:.2f} s")
 
     # ------------------------------------------------------------------ report
@@ -225,7 +268,7 @@ def main() -> int:
         P("Decisions (`TumorResult.info`):\n")
         P("```")
         for k in ("decision", "flair_healthy_level_z", "flair_lesion_level_z", "flair_threshold_z", "enhancement",
-                  "enhancement_base", "enhancement_sd", "enhancement_level", "enhancement_threshold"):
+                  "enhancement_model"):
             if k in res.info:
                 P(f"{k}: {res.info[k]}")
         for rec in res.info.get("lesions", []):

@@ -153,15 +153,53 @@ def _ball(radius_mm: float, spacing: Sequence[float]) -> np.ndarray:
 
 
 def _erode_mm(mask: np.ndarray, r: float, spacing) -> np.ndarray:
+    """Voxels of ``mask`` farther than ``r`` mm from its outside (computed in its bounding box)."""
     if r <= 0 or not mask.any():
         return mask.copy()
-    return ndi.distance_transform_edt(mask, sampling=spacing) > r
+    b = _bbox(mask, 1)
+    out = np.zeros_like(mask)
+    out[b] = ndi.distance_transform_edt(mask[b], sampling=spacing) > r
+    return out
 
 
 def _dilate_mm(mask: np.ndarray, r: float, spacing) -> np.ndarray:
+    """Voxels within ``r`` mm of ``mask`` (computed in its bounding box grown by ``r``)."""
     if r <= 0 or not mask.any():
         return mask.copy()
-    return ndi.distance_transform_edt(~mask, sampling=spacing) <= r
+    b = _bbox(mask, [int(np.ceil(r / s)) + 1 for s in spacing])
+    out = np.zeros_like(mask)
+    out[b] = ndi.distance_transform_edt(~mask[b], sampling=spacing) <= r
+    return out
+
+
+def _weighted_em_1d(x: np.ndarray, w: np.ndarray, init_quantiles: Sequence[float], *, max_iter: int = 500,
+                    tol: float = 1e-7, min_var: float = 1e-6) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """EM for a 1-D Gaussian mixture on weighted points (a histogram); deterministic.
+
+    One component per entry of ``init_quantiles``, its mean started at that weighted quantile
+    of the data, so the result depends neither on a random seed nor on the order of the data.
+    Returns (weights, means, variances).
+    """
+    k = len(init_quantiles)
+    cw = np.cumsum(w) / w.sum()
+    mu = np.interp(np.asarray(init_quantiles, dtype=float), cw, x)
+    var = np.full(k, max(np.average((x - np.average(x, weights=w)) ** 2, weights=w) / k**2, min_var))
+    pi = np.full(k, 1.0 / k)
+    prev = -np.inf
+    for _ in range(max_iter):
+        logp = np.log(pi)[None] - 0.5 * np.log(2 * np.pi * var)[None] - 0.5 * (x[:, None] - mu[None]) ** 2 / var[None]
+        mx = logp.max(axis=1, keepdims=True)
+        norm = mx[:, 0] + np.log(np.exp(logp - mx).sum(axis=1))
+        resp = np.exp(logp - norm[:, None]) * w[:, None]
+        ll = float((norm * w).sum() / w.sum())
+        nk = resp.sum(axis=0) + 1e-12
+        pi = nk / nk.sum()
+        mu = (resp * x[:, None]).sum(axis=0) / nk
+        var = np.maximum((resp * (x[:, None] - mu[None]) ** 2).sum(axis=0) / nk, min_var)
+        if ll - prev < tol:
+            break
+        prev = ll
+    return pi, mu, var
 
 
 def _smooth(img: np.ndarray, mask: np.ndarray, sigma_mm: float, spacing) -> np.ndarray:
@@ -218,69 +256,58 @@ def _robust_sd(x: np.ndarray) -> float:
     return float(sd)
 
 
-def _enhancement_split(values: np.ndarray, cfg: TumorConfig, seed: int) -> dict[str, object]:
-    """Split the enhancement values of the lesion region into non-enhancing and enhancing.
+def _enhancement_split(values: np.ndarray, ref_values: np.ndarray, cfg: TumorConfig, min_count: int) -> dict[str, object]:
+    """Enhancement boundary for the lesion region, or why there is none.
 
-    A 1-D Gaussian mixture of three components (non-enhancing tissue is often two: edema and a
-    darker core) is fitted on the histogram of the values (256 bins, counts as sample
-    weights: exact enough and independent of the region's size). The component with the highest
-    mean is the enhancing candidate, the heaviest of the others the non-enhancing reference.
-    Enhancement exists when the candidate lies at least ``et_min_sd`` reference SDs (and
-    ``et_min_delta``) above the reference and holds at least ``min_et_mm3``-worth of weight;
-    the boundary is then half-way between the reference mean and the plateau of the enhancing
-    voxels (median above the boundary, iterated; at least ``et_floor_sd`` SDs above the
-    reference): a blurred edge is cut in its middle.
+    The non-enhancing reference (mean, SD) is the heaviest component of a three-component 1-D
+    Gaussian mixture (dark core / bulk / bright tail) fitted by EM on the histogram of
+    ``ref_values`` (256 bins, counts as weights; deterministic quantile start, a few
+    milliseconds). Candidates are the ``values`` at least ``et_min_sd`` reference SDs and
+    ``et_min_delta`` above the reference mean; enhancement exists when there are ``min_count``
+    of them. The boundary is then half-way between the reference mean and the plateau of the
+    enhancing voxels (their median above the boundary, iterated; never below ``et_floor_sd``
+    SDs): a blurred edge is cut in its middle, whatever the enhancing fraction of the region.
     """
-    from ..mixture.gmm import GaussianMixture
-
     out: dict[str, object] = {"enhancing": False}
     v = values[np.isfinite(values)].astype(np.float64)
-    if v.size < 20:
+    r = ref_values[np.isfinite(ref_values)].astype(np.float64)
+    if v.size < 20 or r.size < 20:
         out["reason"] = "too few voxels"
         return out
-    lo, hi = np.percentile(v, [0.05, 99.95])
+    lo, hi = np.percentile(r, [0.05, 99.95])
     if not hi > lo:
         out["reason"] = "no spread"
         return out
-    counts, edges = np.histogram(np.clip(v, lo, hi), bins=256, range=(lo, hi))
+    counts, edges = np.histogram(np.clip(r, lo, hi), bins=256, range=(lo, hi))
     centres = 0.5 * (edges[1:] + edges[:-1])
     keep = counts > 0
-    x, w = centres[keep][:, None], counts[keep].astype(np.float64)
-    gmm = GaussianMixture(3, covariance_type="full", random_state=seed, reg_covar=(edges[1] - edges[0]) ** 2,
-                          max_iter=300, tol=1e-5, n_init=2)
-    gmm.fit(x, sample_weight=w)
-    means = gmm.means_[:, 0]
-    sds = np.sqrt(np.asarray(gmm.covariances_).reshape(3, -1)[:, 0])
-    weights = gmm.weights_
+    weights, means, var = _weighted_em_1d(centres[keep], counts[keep].astype(np.float64), (0.02, 0.5, 0.98),
+                                          min_var=(edges[1] - edges[0]) ** 2)
+    sds = np.sqrt(var)
+    ref = int(np.argmax(weights))
+    mu, sd = float(means[ref]), float(sds[ref])
     order = np.argsort(means)
-    top = int(order[-1])
-    rest = [int(k) for k in order[:-1]]
-    ref = max(rest, key=lambda k: weights[k])
-    delta = float(means[top] - means[ref])
     out.update(
         means=[round(float(means[k]), 3) for k in order],
         sds=[round(float(sds[k]), 3) for k in order],
         weights=[round(float(weights[k]), 3) for k in order],
-        reference_mean=round(float(means[ref]), 3),
-        reference_sd=round(float(sds[ref]), 3),
-        enhancing_mean=round(float(means[top]), 3),
+        reference_mean=round(mu, 3),
+        reference_sd=round(sd, 3),
     )
-    if delta < max(cfg.et_min_sd * sds[ref], cfg.et_min_delta):
-        out["reason"] = (
-            f"brightest component only {delta:.2f} above the non-enhancing one "
-            f"(needs {cfg.et_min_sd:g} SD = {cfg.et_min_sd * sds[ref]:.2f} and {cfg.et_min_delta:g})"
-        )
+    t_cand = mu + max(cfg.et_min_sd * sd, cfg.et_min_delta)
+    n_cand = int(np.count_nonzero(v > t_cand))
+    out["candidates"] = n_cand
+    if n_cand < max(min_count, 2):
+        out["reason"] = f"{n_cand} voxels enhance by more than {t_cand - mu:.2f} over the non-enhancing reference"
         return out
-    floor = means[ref] + cfg.et_floor_sd * sds[ref]
-    t = max(means[ref] + 0.5 * delta, floor)
-    # the enhancing component's mean is dragged down by partial-volume voxels; the plateau is
-    # the median of the voxels above the boundary: iterate t = (reference + plateau) / 2
-    for _ in range(5):
+    floor = mu + cfg.et_floor_sd * sd
+    t = max(0.5 * (mu + float(np.median(v[v > t_cand]))), floor)
+    for _ in range(10):
         above = v[v > t]
         if above.size < 2:
             out["reason"] = "no voxel above the boundary"
             return out
-        t_new = max(0.5 * (means[ref] + float(np.median(above))), floor)
+        t_new = max(0.5 * (mu + float(np.median(above))), floor)
         if abs(t_new - t) < 1e-3:
             break
         t = t_new
@@ -290,10 +317,12 @@ def _enhancement_split(values: np.ndarray, cfg: TumorConfig, seed: int) -> dict[
     return out
 
 
-def _bbox(mask: np.ndarray, pad: int) -> tuple[slice, ...]:
+def _bbox(mask: np.ndarray, pad) -> tuple[slice, ...]:
+    """Bounding box of ``mask`` grown by ``pad`` voxels (one int, or one per axis)."""
+    pads = [int(pad)] * mask.ndim if np.isscalar(pad) else [int(p) for p in pad]
     idx = np.nonzero(mask)
     return tuple(
-        slice(max(int(i.min()) - pad, 0), min(int(i.max()) + pad + 1, n)) for i, n in zip(idx, mask.shape)
+        slice(max(int(i.min()) - p, 0), min(int(i.max()) + p + 1, n)) for i, n, p in zip(idx, mask.shape, pads)
     )
 
 
@@ -383,14 +412,21 @@ def segment_tumor(
     fd = _smooth_aniso(f["flair"], m, sig_det, spacing)
     r_open = max(cfg.open_mm, 1.01 * min(spacing))
     cand = (fd > cfg.seed_z) & m
+    cand = _remove_small(cand, cfg.min_tumor_ml * 1000.0, vv)  # opening only shrinks: skip the small
     cand = _dilate_mm(_erode_mm(cand, r_open, spacing), r_open, spacing) & cand
     lab, n = ndi.label(cand, structure=_FULL)
-    surface = m & ~_erode_mm(m, cfg.surface_mm, spacing)
     lesions: list[int] = []
     lesion_info: list[dict[str, object]] = []
     if n:
         sizes = np.bincount(lab.ravel(), minlength=n + 1)
-        on_surf = np.bincount(lab[surface].ravel(), minlength=n + 1)
+        on_surf = np.zeros(n + 1)
+        pad = [int(np.ceil(cfg.surface_mm / sp)) + 1 for sp in spacing]
+        for i, sl in enumerate(ndi.find_objects(lab), start=1):
+            if sl is None or sizes[i] * vv / 1000.0 < cfg.min_tumor_ml:
+                continue
+            b = tuple(slice(max(q.start - p, 0), min(q.stop + p, nn)) for q, p, nn in zip(sl, pad, m.shape))
+            depth = ndi.distance_transform_edt(m[b], sampling=spacing)
+            on_surf[i] = np.count_nonzero((lab[b] == i) & (depth <= cfg.surface_mm))
         t2_med = ndi.median(f["t2"], lab, np.arange(n + 1)) if "t2" in f else None
         for i in np.flatnonzero(sizes[1:] * vv / 1000.0 >= cfg.min_tumor_ml) + 1:
             rec: dict[str, object] = {
@@ -444,29 +480,30 @@ def segment_tumor(
             info["enhancement"] = "t1c"
         if cfg.et_smooth_mm > 0:
             e = _smooth(e, m, cfg.et_smooth_mm, spacing)
-        region = _dilate_mm(wt0, cfg.et_margin_mm, spacing) & m
-        split = _enhancement_split(e[region], cfg, seed)
+        if "t1" in f:
+            region = _dilate_mm(wt0, cfg.et_margin_mm, spacing) & m
+        else:
+            # T1c alone: bright healthy white matter borders the lesion, so no margin
+            region = ndi.binary_fill_holes(wt0) & m
+        # with T1 the enhancement of healthy tissue is ~0: a shell of normal brain anchors the
+        # non-enhancing reference even when the lesion is mostly enhancing rim and core
+        ref_region = (_dilate_mm(region, cfg.et_ref_shell_mm, spacing) & m) if "t1" in f else region
+        split = _enhancement_split(e[region], e[ref_region], cfg, int(np.ceil(cfg.min_et_mm3 / vv)))
         info["enhancement_model"] = split
         if split["enhancing"]:
             et = (e > split["threshold"]) & region
             et = _remove_small(et, cfg.min_et_mm3, vv)
 
-    # which lesions are kept: the largest, and others that are large or enhance
+    # which lesions are kept: the largest, and others that are large or enhance themselves
     sizes = {i: int(np.count_nonzero(lab == i)) for i in lesions}
     largest = max(lesions, key=lambda i: (sizes[i], -i))
-    wlab0, _ = ndi.label(wt0 | et, structure=_FULL)
     kept = []
     for rec, i in zip([r for r in lesion_info if r["status"] == "candidate"], lesions):
-        comp = np.unique(wlab0[lab == i])
-        comp = comp[comp > 0]
-        n_et = int(np.count_nonzero(np.isin(wlab0, comp) & et))
-        big = sizes[i] >= cfg.secondary_fraction * sizes[largest]
-        joined = np.isin(comp, np.unique(wlab0[lab == largest])).any()
+        near = _dilate_mm(lab == i, cfg.et_margin_mm + 2.0, spacing)
+        n_et = int(np.count_nonzero(near & et))
         if i == largest:
             rec["status"] = "tumor"
-        elif joined:
-            rec["status"] = "tumor (joined to the largest lesion by FLAIR hyperintensity)"
-        elif big:
+        elif sizes[i] >= cfg.secondary_fraction * sizes[largest]:
             rec["status"] = "tumor (large secondary lesion)"
         elif n_et * vv >= cfg.min_et_mm3:
             rec["status"] = "tumor (enhancing secondary lesion)"
@@ -474,7 +511,14 @@ def segment_tumor(
             rec["status"] = "rejected: small secondary lesion without enhancement"
             continue
         kept.append(i)
-    seeds = np.isin(lab, kept)
+    if len(kept) < len(lesions):  # grow the whole tumor again from the kept seeds only
+        seeds = np.isin(lab, kept)
+        glab, _ = ndi.label(grow | seeds, structure=_FULL)
+        keep_ids = np.unique(glab[seeds])
+        wt0 = np.isin(glab, keep_ids[keep_ids > 0])
+    else:
+        seeds = np.isin(lab, kept)
+    wlab0, _ = ndi.label(wt0 | et, structure=_FULL)
     ids = np.unique(wlab0[seeds])
     keep = np.isin(wlab0, ids[ids > 0])
     wt0 &= keep
