@@ -680,6 +680,7 @@ def run_batch(
     out_root = Path(out_root).absolute()
     case_dirs = [d.absolute() for d in find_case_dirs(input_root, exclude=[out_root])]
     out_root.mkdir(parents=True, exist_ok=True)
+    lock = _lock(out_root)
     runlog = _RunLog(out_root / "run.log")
     try:
         runlog(f"segment {__version__} batch: input {Path(input_root).absolute()}, out {out_root}, "
@@ -764,6 +765,51 @@ def run_batch(
         return report
     finally:
         runlog.close()
+        with contextlib.suppress(OSError):
+            lock.unlink()
+
+
+_LOCK = ".segment-batch.lock"
+
+
+def _lock(out_root: Path) -> Path:
+    """Claim ``out_root`` for this run: two batches writing one folder would remove each other's work.
+
+    A lock left by a process that no longer runs (killed with SIGKILL, machine restarted) is taken over.
+    """
+    path = out_root / _LOCK
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                pid = int(path.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                pid = -1
+            if pid > 0 and pid != os.getpid() and _alive(pid):
+                raise BatchUsageError(
+                    f"{out_root}: another segment batch (pid {pid}) is writing here; wait for it or "
+                    f"choose another --out (remove {path.name} if that process is gone)"
+                ) from None
+            with contextlib.suppress(OSError):
+                path.unlink()
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{os.getpid()} {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+        return path
+    raise BatchUsageError(f"{out_root}: cannot create {path.name}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:  # pragma: no cover
+        return False
+    return True
 
 
 def _links(out_root: Path) -> dict[str, str]:

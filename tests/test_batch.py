@@ -411,3 +411,28 @@ def test_progress_plain_lines_off_a_terminal():
     quiet = io.StringIO()
     batch_mod._Progress(1, False, quiet).step({"case_id": "a", "status": "ok"})
     assert quiet.getvalue() == ""
+
+
+def test_a_second_batch_on_the_same_output_folder_is_refused(cases_root, tmp_path, capsys):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    out.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (out / ".segment-batch.lock").write_text(f"{sleeper.pid} now\n")
+        assert main(["batch", "--input", str(cases_root), "--out", str(out), "--no-progress"]) == 2
+        assert f"another segment batch (pid {sleeper.pid})" in capsys.readouterr().err
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # a stale lock (its process is gone) is taken over; the lock is removed at the end
+    (out / ".segment-batch.lock").write_text(f"{sleeper.pid} earlier\n")
+    lone = tmp_path / "in"
+    (lone / "x").mkdir(parents=True)
+    (lone / "x" / "notes.txt").write_text("no image\n")
+    assert main(["batch", "--input", str(lone), "--out", str(out), "--no-progress"]) == 1
+    assert not (out / ".segment-batch.lock").exists()
+    assert os.path.isfile(out / "report.csv")
