@@ -93,6 +93,12 @@ class MixtureConfig(_Strict):
 
 class PostprocessConfig(_Strict):
     fill_holes: bool = Field(True, description="fill holes of the brain mask")
+    mrf_beta: float = Field(
+        0.0, ge=0, le=10,
+        description="weight of the Markov random field that favours neighbours of the same class "
+        "(spatial regularisation of the tissue probabilities, as FSL FAST / ANTs Atropos); 0 disables",
+    )
+    mrf_iterations: int = Field(5, ge=1, le=50, description="mean-field iterations of the MRF")
     min_island_mm3: float = Field(
         20.0, ge=0, description="label islands smaller than this (mm^3) take their neighbours' label; 0 disables"
     )

@@ -281,6 +281,13 @@ def run_pipeline(case: Case | LoadedCase | str | os.PathLike, config: Config | N
     info.update(mixture=mix_info, features=mods)
 
     t = time.perf_counter()
+    pp = config.postprocess
+    if pp.mrf_beta > 0:
+        from .labeling.mrf import mrf_smooth
+
+        probs = mrf_smooth(probs, healthy, loaded.spacing, beta=pp.mrf_beta, iterations=pp.mrf_iterations)
+        labels = (np.argmax(probs, axis=1) + 1).astype(np.uint8)
+        timings["mrf"] = time.perf_counter() - t
     tissue = np.zeros(mask.shape, dtype=np.uint8)
     tissue[healthy] = labels
     if config.postprocess.min_island_mm3 > 0:
