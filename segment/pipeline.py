@@ -26,6 +26,8 @@ log = logging.getLogger("segment")
 
 #: Voxels drawn (seeded) to fit the partial-volume model when no exact histogram is available.
 PV_MAX_SAMPLES = 12_000
+#: Largest accepted move of a pure class mean from its plain-mixture estimate, in that class's SD.
+PV_MAX_DRIFT = 2.0
 
 
 @dataclass
@@ -188,12 +190,27 @@ def fit_tissue_mixture(
             pv_x = pv_x[np.sort(rng.choice(pv_x.shape[0], size=PV_MAX_SAMPLES, replace=False))]
         pv = PartialVolumeMixture(3, tol=1e-7, max_iter=1000, reg_covar=max(mc.reg_covar, 1e-6))
         pv.fit(pv_x, means_init=means0, covariances_init=covs0, sample_weight=pv_w)
-        probs = pv.predict_fractions(predict_x)
+        # The partial-volume model should sharpen the classes the plain mixture found, not
+        # replace them: when a pure mean drifts out of its class's own spread (seen on
+        # multi-modal real scans, where mixing is not linear in every channel), the plain
+        # mixture's posteriors are used instead.
+        drift = [
+            float(np.sqrt((pv.means_[c] - means0[c]) @ np.linalg.solve(covs0[c], pv.means_[c] - means0[c])))
+            for c in range(3)
+        ]
+        accepted = max(drift) <= PV_MAX_DRIFT
         info["partial_volume"] = {
             "n_iter": int(pv.n_iter_),
             "class_means": np.round(pv.means_, 4).tolist(),
             "class_weights": np.round(pv.class_weights_, 4).tolist(),
+            "drift_sd": np.round(drift, 3).tolist(),
+            "used": bool(accepted),
         }
+        if accepted:
+            probs = pv.predict_fractions(predict_x)
+        else:
+            log.info("partial-volume means drifted %s SD from the mixture's classes; using the plain mixture", drift)
+            probs = class_probabilities(gmm.predict_proba(predict_x), classes)
     else:
         probs = class_probabilities(gmm.predict_proba(predict_x), classes)
     if uniq is not None:

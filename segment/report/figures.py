@@ -32,7 +32,7 @@ __all__ = ["overlay_figure", "default_label_colors", "choose_slices", "DEFAULT_C
 DEFAULT_COLORS: dict[str, str] = {
     "csf": "#2f8cff",  # blue
     "gm": "#3ddc68",  # green
-    "wm": "#fff27a",  # pale yellow
+    "wm": "#f4f4f4",  # near white: keeps yellow-green free for edema
     "tumor": "#ff3b3b",  # red (tumor voxels in a tissue map)
     "ncr": "#ff2020",  # red
     "net": "#ff2020",
