@@ -225,6 +225,13 @@ class Config(_Strict):
     tumor: TumorConfig = TumorConfig()
     outputs: OutputConfig = OutputConfig()
     batch: BatchConfig = BatchConfig()
+    register: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="rigid registration (mutual information) of every series onto the reference series "
+        "before resampling, because patients move between series. auto: series on another grid, and "
+        "series on the reference grid unless the images are brain-only with a zero background "
+        "(BraTS-like, already co-registered); always: every series; never: physical coordinates only",
+    )
     truth: Literal["auto", "tissue", "tumor"] = Field(
         "auto",
         description="what a ground truth named only 'seg'/'label' holds; auto: tissue if its labels cover "

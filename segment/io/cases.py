@@ -18,11 +18,13 @@ from ..types import MODALITIES, Case, Volume
 from .nifti import (
     is_nifti_name,
     load_volume,
+    overlap_fraction,
     reorient_to_ras,
     resample_to,
     same_grid,
     strip_nifti_suffix,
 )
+from .register import apply_rigid
 
 #: Tokens that name each modality.
 MODALITY_TOKENS: dict[str, tuple[str, ...]] = {
@@ -122,6 +124,11 @@ class LoadedCase:
     resampled: list[str] = field(default_factory=list)
     #: Voxels of the reference grid inside every series' field of view (None: all of them).
     coverage: np.ndarray | None = None
+    #: Warnings raised while loading (e.g. a rejected registration), one sentence each.
+    notes: list[str] = field(default_factory=list)
+    #: Rigid world-space (RAS mm) transforms applied to series before resampling, by modality
+    #: (``new_affine = matrix @ affine``); series absent here kept their physical alignment.
+    registered: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def grid(self) -> Volume:
@@ -137,22 +144,42 @@ class LoadedCase:
         return [m for m in MODALITIES if m in self.images]
 
 
-def load_case(case: Case | str | os.PathLike, *, modalities: list[str] | None = None) -> LoadedCase:
+def load_case(
+    case: Case | str | os.PathLike,
+    *,
+    modalities: list[str] | None = None,
+    register: str = "auto",
+    register_seed: int = 0,
+) -> LoadedCase:
     """Load every modality of a case onto the reference grid (T1 if present), in RAS.
 
-    Images already on the reference grid are only reoriented (no interpolation); others are
-    resampled linearly by physical coordinates. Ground truth must lie on the reference grid.
+    Each other series is first rigidly registered onto the reference (see ``register``), the
+    transform composed into its affine, then resampled linearly by physical coordinates. Series
+    on the reference grid that need no motion are only reoriented (no interpolation). Ground
+    truth must lie on the reference grid.
 
     Parameters
     ----------
     case : Case or path to a case folder
     modalities : list of str, optional
         Restrict to these modalities (those absent from the case are ignored).
+    register : {"auto", "always", "never"}
+        Rigid registration of each series onto the reference (:mod:`segment.io.register`).
+        ``"auto"``: series on another grid, and series on the reference grid unless the reference
+        is brain-only (exactly-zero background, as BraTS: already co-registered); a series on the
+        reference grid keeps its voxels unless the motion found exceeds 0.5 mm or 0.5 degrees.
+        ``"always"``: every series. ``"never"``: physical coordinates only.
+        A registration that fails or diverges is discarded (physical alignment kept) and
+        recorded in ``LoadedCase.notes``.
+    register_seed : int
+        Seed of the registration metric's sampling.
 
     Raises
     ------
     InputError, GridError
     """
+    if register not in ("auto", "always", "never"):
+        raise InputError(f"register = {register!r}: allowed values are 'auto', 'always', 'never'")
     if not isinstance(case, Case):
         case = find_case(case)
     wanted = [m for m in MODALITIES if m in case.images and (modalities is None or m in modalities)]
@@ -169,11 +196,29 @@ def load_case(case: Case | str | os.PathLike, *, modalities: list[str] | None = 
     ref_ras = reorient_to_ras(reference)
     images: dict[str, Volume] = {}
     resampled: list[str] = []
+    notes: list[str] = []
+    registered: dict[str, np.ndarray] = {}
     coverage: np.ndarray | None = None
+    ref_preprocessed = _zero_background(ref_ras.data)
     for m in wanted:
         vol = raw[m]
-        if m == ref_mod or same_grid(vol, reference):
-            images[m] = reorient_to_ras(vol) if m != ref_mod else ref_ras
+        if m == ref_mod:
+            images[m] = ref_ras
+            continue
+        on_grid = same_grid(vol, reference)
+        if not on_grid and overlap_fraction(vol, ref_ras) < 0.05:
+            resample_to(vol, ref_ras)  # fails early, naming the file, before any registration
+        do_register = register == "always" or (
+            register == "auto" and (not on_grid or not ref_preprocessed)
+        )
+        matrix = None
+        if do_register:
+            matrix = _register_series(m, vol, ref_ras, register_seed, notes, small_is_identity=on_grid)
+        if matrix is not None:
+            vol = apply_rigid(vol, matrix)
+            registered[m] = matrix
+        if matrix is None and on_grid:
+            images[m] = reorient_to_ras(vol)
         else:
             images[m] = resample_to(vol, ref_ras, order=1)
             resampled.append(m)
@@ -192,5 +237,37 @@ def load_case(case: Case | str | os.PathLike, *, modalities: list[str] | None = 
             raise InputError(f"{path}: ground truth has negative labels {sorted(np.unique(t.data[t.data < 0]))[:5]}")
         truth[kind] = reorient_to_ras(t)
     return LoadedCase(
-        case=case, reference=reference, images=images, truth=truth, resampled=resampled, coverage=coverage
+        case=case, reference=reference, images=images, truth=truth, resampled=resampled,
+        coverage=coverage, notes=notes, registered=registered,
     )
+
+
+def _zero_background(data: np.ndarray) -> bool:
+    """True for a preprocessed (brain-only, co-registered) image: >= 25 % of voxels exactly 0
+    and the array's faces >= 95 % zero. Raw scans have noise in the air."""
+    zero = data == 0
+    if zero.mean() < 0.25:
+        return False
+    faces = [zero[0], zero[-1], zero[:, 0], zero[:, -1], zero[:, :, 0], zero[:, :, -1]]
+    return bool(np.mean(np.concatenate([f.ravel() for f in faces])) >= 0.95)
+
+
+def _register_series(
+    name: str, vol: Volume, ref: Volume, seed: int, notes: list[str], *, small_is_identity: bool
+) -> np.ndarray | None:
+    """The accepted rigid matrix of ``vol`` onto ``ref``, or None (identity / rejected, noted)."""
+    from .register import rigid_register
+
+    label = vol.path.name if vol.path is not None else name
+    try:
+        res = rigid_register(vol, ref, seed=seed)
+    except Exception as exc:  # SimpleITK raises RuntimeError with long messages
+        msg = str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else type(exc).__name__
+        notes.append(f"{label}: rigid registration failed ({msg}); kept the physical-coordinate alignment")
+        return None
+    if not res.accepted:
+        notes.append(f"{label}: {res.warning}; kept the physical-coordinate alignment")
+        return None
+    if small_is_identity and np.linalg.norm(res.translation_mm) < 0.5 and res.rotation_deg < 0.5:
+        return None
+    return res.matrix
