@@ -16,7 +16,6 @@ _EXPORTS = {
     "select_n_components": "segment.mixture.selection",
     "segment_case": "segment.pipeline",
     "load_case": "segment.io.cases",
-    "find_cases": "segment.io.cases",
     "load_volume": "segment.io.nifti",
     "save_volume": "segment.io.nifti",
     "skullstrip": "segment.preprocess.skullstrip",
