@@ -225,7 +225,7 @@ class Config(_Strict):
     tumor: TumorConfig = TumorConfig()
     outputs: OutputConfig = OutputConfig()
     batch: BatchConfig = BatchConfig()
-    register: Literal["auto", "always", "never"] = Field(
+    registration: Literal["auto", "always", "never"] = Field(
         "auto",
         description="rigid registration (mutual information) of every series onto the reference series "
         "before resampling, because patients move between series. auto: series on another grid, and "

@@ -189,27 +189,24 @@ def fit_tissue_mixture(
             rng = np.random.default_rng(config.seed)
             pv_x = pv_x[np.sort(rng.choice(pv_x.shape[0], size=PV_MAX_SAMPLES, replace=False))]
         pv = PartialVolumeMixture(3, tol=1e-7, max_iter=1000, reg_covar=max(mc.reg_covar, 1e-6))
-        pv.fit(pv_x, means_init=means0, covariances_init=covs0, sample_weight=pv_w)
         # The partial-volume model should sharpen the classes the plain mixture found, not
         # replace them: when a pure mean drifts out of its class's own spread (seen on
         # multi-modal real scans, where mixing is not linear in every channel), the plain
         # mixture's posteriors are used instead.
-        drift = [
-            float(np.sqrt((pv.means_[c] - means0[c]) @ np.linalg.solve(covs0[c], pv.means_[c] - means0[c])))
-            for c in range(3)
-        ]
-        accepted = max(drift) <= PV_MAX_DRIFT
+        pv.fit(pv_x, means_init=means0, covariances_init=covs0, sample_weight=pv_w, max_drift=PV_MAX_DRIFT)
+        accepted = not pv.drifted_ and float(pv.drift_.max()) <= PV_MAX_DRIFT
         info["partial_volume"] = {
             "n_iter": int(pv.n_iter_),
             "class_means": np.round(pv.means_, 4).tolist(),
             "class_weights": np.round(pv.class_weights_, 4).tolist(),
-            "drift_sd": np.round(drift, 3).tolist(),
+            "drift_sd": np.round(pv.drift_, 3).tolist(),
             "used": bool(accepted),
         }
         if accepted:
             probs = pv.predict_fractions(predict_x)
         else:
-            log.info("partial-volume means drifted %s SD from the mixture's classes; using the plain mixture", drift)
+            log.info("partial-volume means drifted %s SD from the mixture's classes; using the plain mixture",
+                     info["partial_volume"]["drift_sd"])
             probs = class_probabilities(gmm.predict_proba(predict_x), classes)
     else:
         probs = class_probabilities(gmm.predict_proba(predict_x), classes)
@@ -248,7 +245,11 @@ def run_pipeline(case: Case | LoadedCase | str | os.PathLike, config: Config | N
     if isinstance(case, LoadedCase):
         loaded = case
     else:
-        loaded = load_case(case if isinstance(case, Case) else find_case(case))
+        loaded = load_case(
+            case if isinstance(case, Case) else find_case(case),
+            register=config.registration,
+            register_seed=config.seed,
+        )
     timings["load"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -509,6 +510,8 @@ def segment_case(
     info["timings"] = {k: round(v, 3) for k, v in seg.timings.items()}
     info["brain_volume_ml"] = float(seg.brain_mask.sum() * seg.loaded.grid.voxel_volume / 1000.0)
     info["resampled"] = seg.loaded.resampled
+    if getattr(seg.loaded, "notes", None):
+        info["notes"] = list(seg.loaded.notes)
     if seg.tumor is not None:
         info["tumor_volumes_ml"] = _tumor_volumes(seg)
     return CaseResult(

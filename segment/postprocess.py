@@ -16,11 +16,28 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     Returns
     -------
     ndarray of shape (X, Y, Z), bool
+
+    Examples
+    --------
+    >>> m = np.ones((5, 5, 3), bool); m[2, 2, :] = False   # a tube open at both ends
+    >>> bool(fill_holes(m)[2, 2, 1])
+    True
     """
-    out = ndi.binary_fill_holes(mask)
-    for z in range(out.shape[2]):
-        if out[:, :, z].any():
-            out[:, :, z] = ndi.binary_fill_holes(out[:, :, z])
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return mask.copy()
+    out = np.zeros_like(mask)
+    box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in np.nonzero(mask))
+    m = ndi.binary_fill_holes(mask[box])
+    # every slice at once: label the background with in-plane connectivity only; a background
+    # component that does not reach its slice's border is a hole of that slice
+    in_plane = np.zeros((3, 3, 3), bool)
+    in_plane[:, :, 1] = ndi.generate_binary_structure(2, 1)
+    padded = np.pad(m, ((1, 1), (1, 1), (0, 0)))
+    comp, _ = ndi.label(~padded, structure=in_plane)
+    border = np.unique(np.concatenate([comp[0].ravel(), comp[-1].ravel(), comp[:, 0].ravel(), comp[:, -1].ravel()]))
+    holes = (comp > 0) & ~np.isin(comp, border)
+    out[box] = (padded | holes)[1:-1, 1:-1, :]
     return out
 
 

@@ -128,6 +128,7 @@ class PartialVolumeMixture:
         means_init: np.ndarray,
         covariances_init: np.ndarray | None = None,
         sample_weight: np.ndarray | None = None,
+        max_drift: float | None = None,
     ) -> "PartialVolumeMixture":
         """Fit by EM from initial pure-class means (and covariances).
 
@@ -139,6 +140,10 @@ class PartialVolumeMixture:
         covariances_init : ndarray of shape (n_classes, n_features, n_features), optional
         sample_weight : ndarray of shape (n_samples,), optional
             Non-negative weights (e.g. counts of unique values).
+        max_drift : float, optional
+            Stop early, with ``drifted_`` set, once a pure mean has moved more than this many
+            standard deviations (Mahalanobis, initial covariance) from its initial value.
+            ``drift_`` holds every class's final distance.
         """
         X = np.ascontiguousarray(X, dtype=np.float64)
         if X.ndim == 1:
@@ -170,7 +175,15 @@ class PartialVolumeMixture:
         s1 = np.empty((nch, J, d))
         s2 = np.empty((nch, J, d, d))
         ll = np.empty(nch)
+        means0 = self.means_.copy()
+        prec0 = np.linalg.inv(self.covariances_)
+        self.drifted_ = False
         for it in range(1, self.max_iter + 1):
+            if max_drift is not None and it % 10 == 0:
+                diff = self.means_ - means0
+                if np.sqrt(np.einsum("cf,cfg,cg->c", diff, prec0, diff)).max() > max_drift:
+                    self.drifted_ = True
+                    break
             K.pv_estep_stats(X, w, *self._kernel_params(), nk, s1, s2, ll)
             lb = float(ll.sum() / wsum)
             self.n_iter_ = it
@@ -199,6 +212,8 @@ class PartialVolumeMixture:
                 ConvergenceWarning,
                 stacklevel=2,
             )
+        diff = self.means_ - means0
+        self.drift_ = np.sqrt(np.einsum("cf,cfg,cg->c", diff, prec0, diff))
         return self
 
     # ------------------------------------------------------------------ predict
