@@ -100,6 +100,12 @@ def find_case_dirs(root: str | os.PathLike, *, exclude: Sequence[str | os.PathLi
     root = Path(root)
     if not root.is_dir():
         raise BatchUsageError(f"{root}: input folder not found; --input takes a folder of case folders")
+    msd_images = root / "imagesTr"
+    if msd_images.is_dir():
+        # Medical Segmentation Decathlon layout: imagesTr/X.nii.gz (4-D), labelsTr/X.nii.gz
+        files = [f for f in sorted(msd_images.iterdir()) if is_nifti_name(f.name) and not f.name.startswith(".")]
+        if files:
+            return files
     skip = {Path(p).resolve() for p in exclude}
     dirs = []
     for d in sorted(root.iterdir()):
@@ -120,10 +126,20 @@ def find_case_dirs(root: str | os.PathLike, *, exclude: Sequence[str | os.PathLi
     return dirs
 
 
+def case_name(case: Path) -> str:
+    """Name of a case: its folder's name, or an MSD image file's name without its suffix."""
+    return strip_nifti_suffix(case.name) if case.is_file() else case.name
+
+
 def _input_fingerprint(case_dir: Path) -> list[list[Any]]:
     """Name, size and modification time of every file of a case (to notice changed inputs)."""
     out = []
-    for f in sorted(case_dir.iterdir()):
+    if case_dir.is_file():  # an MSD image: itself and its label file
+        label = case_dir.parent.parent / "labelsTr" / case_dir.name
+        files = [case_dir] + ([label] if label.is_file() else [])
+    else:
+        files = sorted(case_dir.iterdir())
+    for f in files:
         if f.is_file() and not f.name.startswith("."):
             st = f.stat()
             out.append([f.name, st.st_size, st.st_mtime_ns])
@@ -254,7 +270,7 @@ def run_case(case_dir: str | os.PathLike, out_root: str | os.PathLike, config_di
 
     case_dir = Path(case_dir)
     out_root = Path(out_root)
-    name = case_dir.name
+    name = case_name(case_dir)
     t0 = time.perf_counter()
     row: dict[str, Any] = {"case_id": name, "status": "ok", "error": ""}
     _set_numba_threads(numba_threads or _dask_worker_threads())
@@ -488,7 +504,7 @@ def _run_pool(todo: list[Path], out_root: Path, cfg: dict, n_workers: int, threa
             try:
                 row = fut.result()
             except Exception as exc:  # the worker process died (out of memory, a crash in C code)
-                row = {"case_id": d.name, "status": "failed", "seconds": None,
+                row = {"case_id": case_name(d), "status": "failed", "seconds": None,
                        "error": _one_line(f"worker process died ({type(exc).__name__}: {exc}); "
                                           "out of memory? try fewer --workers")}
             on_row(d, row)
@@ -527,14 +543,14 @@ def _run_dask(todo: list[Path], out_root: Path, cfg: dict, scheduler: str, threa
             f"{sum(w.get('nthreads', 0) for w in info.get('workers', {}).values())} threads")
         tag = uuid.uuid4().hex[:8]
         for d in todo:
-            fut = client.submit(run_case, str(d), str(out_root), cfg, threads, key=f"segment-{d.name}-{tag}", pure=False)
+            fut = client.submit(run_case, str(d), str(out_root), cfg, threads, key=f"segment-{case_name(d)}-{tag}", pure=False)
             futs[fut] = d
         for fut in as_completed(list(futs), loop=client.loop):
             d = futs[fut]
             try:
                 row = fut.result()
             except Exception as exc:  # the worker died or the task was lost
-                row = {"case_id": d.name, "status": "failed", "seconds": None,
+                row = {"case_id": case_name(d), "status": "failed", "seconds": None,
                        "error": _one_line(f"dask task failed ({type(exc).__name__}: {exc})")}
             on_row(d, row)
     except BaseException:
@@ -700,12 +716,12 @@ def run_batch(
             prev = None
             if not force:
                 try:
-                    prev = completed_row(out_root / d.name, digest, _input_fingerprint(d))
+                    prev = completed_row(out_root / case_name(d), digest, _input_fingerprint(d))
                 except OSError:
                     prev = None
             if prev is not None:
-                rows[d.name] = prev
-                skipped.append(d.name)
+                rows[case_name(d)] = prev
+                skipped.append(case_name(d))
             else:
                 todo.append(d)
         if skipped:
@@ -721,7 +737,7 @@ def run_batch(
         bar = _Progress(len(todo), progress)
 
         def on_row(d: Path, row: dict[str, Any]) -> None:
-            rows[d.name] = row
+            rows[case_name(d)] = row
             msg = f"{row['case_id']}: {row['status']} in {row.get('seconds') or 0:.1f} s"
             if row["status"] != "ok":
                 msg += f": {row.get('error', '')}"
@@ -751,9 +767,9 @@ def run_batch(
                 _clean_stale(out_root)
         report_rows = []
         for d in case_dirs:
-            r = rows.get(d.name)
+            r = rows.get(case_name(d))
             if r is None:
-                r = {"case_id": d.name, "status": "failed", "error": "interrupted before this case finished",
+                r = {"case_id": case_name(d), "status": "failed", "error": "interrupted before this case finished",
                      "seconds": None}
             report_rows.append(r)
         ordered = write_reports(report_rows, out_root, title=f"segment batch: {Path(input_root).name or input_root}",

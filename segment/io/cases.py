@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,9 @@ MODALITY_TOKENS: dict[str, tuple[str, ...]] = {
     "t2": ("t2", "t2w"),
     "flair": ("flair", "t2f"),
 }
+#: Channel order of the Medical Segmentation Decathlon's Task01 (BraTS) 4-D images.
+MSD_CHANNELS: dict[str, int] = {"flair": 0, "t1": 1, "t1c": 2, "t2": 3}
+
 #: Tokens that mark a ground-truth file.
 TRUTH_TOKENS = ("seg", "label", "labels", "gt", "truth")
 #: Tokens that mark a file we do not read as an image (masks, our own outputs).
@@ -66,8 +69,42 @@ def classify_file(name: str) -> tuple[str, str] | None:
     return None
 
 
+def _n_channels(path: Path) -> int:
+    """Length of the 4th axis of a NIfTI file (1 for 3-D), read from the header only."""
+    import nibabel as nib
+
+    try:
+        shape = nib.load(str(path)).shape
+    except Exception:
+        return 0
+    return int(shape[3]) if len(shape) == 4 else 1
+
+
+def msd_case(image: Path, label: Path | None = None) -> Case:
+    """A Medical Segmentation Decathlon Task01 case: one 4-D image whose channels are FLAIR,
+    T1w, T1gd and T2w, and a label map coded 1 edema, 2 non-enhancing tumor, 3 enhancing."""
+    from .nifti import strip_nifti_suffix
+
+    if label is None:
+        guess = image.parent.parent / "labelsTr" / image.name
+        label = guess if guess.is_file() else None
+    return Case(
+        case_id=strip_nifti_suffix(image.name),
+        images={m: image for m in MSD_CHANNELS},
+        truth={"tumor": label} if label is not None else {},
+        root=image.parent,
+        channels=dict(MSD_CHANNELS),
+        tumor_coding="msd",
+    )
+
+
 def find_case(case_dir: str | os.PathLike) -> Case:
-    """Find the modality and ground-truth files of one case folder.
+    """Find the modality and ground-truth files of one case.
+
+    ``case_dir`` is a folder of NIfTI files named by modality (BraTS 2023, BraTS 2021, plain
+    names), or a folder holding a single four-channel 4-D image (MSD Task01 order FLAIR, T1w,
+    T1gd, T2w) with an optional label file, or an MSD image file itself (``imagesTr/X.nii.gz``,
+    its labels taken from ``labelsTr/X.nii.gz``).
 
     Raises
     ------
@@ -77,7 +114,9 @@ def find_case(case_dir: str | os.PathLike) -> Case:
     root = Path(case_dir)
     if not root.exists():
         raise InputError(f"{root}: case folder not found")
-    if not root.is_dir():
+    if root.is_file():
+        if is_nifti_name(root.name) and _n_channels(root) == len(MSD_CHANNELS):
+            return msd_case(root)
         raise InputError(f"{root}: is a file, expected a folder holding one case's NIfTI files")
     images: dict[str, Path] = {}
     truth: dict[str, Path] = {}
@@ -100,6 +139,15 @@ def find_case(case_dir: str | os.PathLike) -> Case:
             )
         target[key] = p
     if not images:
+        unnamed = [
+            p for p in sorted(root.iterdir())
+            if p.is_file() and not p.name.startswith(".") and is_nifti_name(p.name) and classify_file(p.name) is None
+            and not any(t in SKIP_TOKENS for t in tokens(p.name))
+        ]
+        four_d = [p for p in unnamed if _n_channels(p) == len(MSD_CHANNELS)]
+        if len(four_d) == 1:
+            label = truth.get("seg") or truth.get("tumor")
+            return replace(msd_case(four_d[0], label), case_id=root.name, root=root)
         hint = f" (found non-NIfTI files: {', '.join(others[:4])})" if others else ""
         raise InputError(
             f"{root}: no image found; expected NIfTI files named by modality "
