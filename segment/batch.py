@@ -44,6 +44,7 @@ from . import __version__
 from .config import Config, QCConfig, config_from_dict
 from .errors import InputError, SegmentError
 from .io.nifti import is_nifti_name, strip_nifti_suffix
+from .report.tables import as_number
 
 __all__ = [
     "BatchReport",
@@ -348,35 +349,25 @@ def qc_flags(row: Mapping[str, Any], qc: QCConfig | None = None) -> list[str]:
     if row.get("status") != "ok":
         return ["failed"]
     flags = []
-    vol = _num(row.get("brain_volume_ml"))
+    vol = as_number(row.get("brain_volume_ml"))
     lo, hi = qc.brain_volume_ml
     if vol is not None and not lo <= vol <= hi:
         flags.append(f"brain volume {vol:.0f} mL outside [{lo:.0f}, {hi:.0f}]")
     for key, value in row.items():
         if key.startswith("fraction_"):
-            f = _num(value)
+            f = as_number(value)
             if f is not None and f < qc.min_class_fraction:
                 flags.append(f"empty class {key[len('fraction_'):]} ({100 * f:.2f}% of brain)")
-    edge = _num(row.get("tumor_edge_fraction"))
+    edge = as_number(row.get("tumor_edge_fraction"))
     if edge is not None and edge > qc.tumor_edge_fraction:
         flags.append(f"tumor touches the brain mask edge ({100 * edge:.1f}% of its voxels)")
     low = [k[len("dice_"):] for k, v in row.items()
-           if k.startswith("dice_") and (_num(v) is not None and _num(v) < qc.min_dice)]
+           if k.startswith("dice_") and (as_number(v) is not None and as_number(v) < qc.min_dice)]
     if low:
         flags.append(f"Dice below {qc.min_dice:g}: {', '.join(low)}")
     if row.get("converged") is False or str(row.get("converged")).lower() == "false":
         flags.append("mixture did not converge")
     return flags
-
-
-def _num(v: Any) -> float | None:
-    if isinstance(v, bool) or v is None or v == "":
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if f == f and abs(f) != float("inf") else None
 
 
 # --------------------------------------------------------------------------- progress and log
@@ -598,7 +589,7 @@ def metric_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         for k, v in r.items():
             if k in _NON_METRIC or k.startswith("_") or k == "converged":
                 continue
-            if _num(v) is not None:
+            if as_number(v) is not None:
                 seen.setdefault(k, None)
     cols = list(seen)
     qc = [c for c in cols if c.startswith(QC_PREFIXES)]

@@ -20,7 +20,7 @@ from .config import Config
 from .errors import InputError
 from .io.cases import LoadedCase, find_case, load_case
 from .io.nifti import from_ras, save_volume
-from .types import MODALITIES, TISSUE_LABELS, TISSUE_TUMOR_LABEL, Case, CaseResult
+from .types import TISSUE_LABELS, TISSUE_TUMOR_LABEL, Case, CaseResult
 
 log = logging.getLogger("segment")
 

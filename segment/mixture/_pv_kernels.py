@@ -27,6 +27,22 @@ def _logprob_row(x, means, pchol, lconst, out):
         out[j] = lconst[j] - 0.5 * q
 
 
+@njit(cache=True, inline="always")
+def _softmax_row(lp):
+    """Turn log-probabilities into unnormalised probabilities in place; return (max, sum)
+    so that ``lp / sum`` are the responsibilities and ``max + log(sum)`` is log p(x)."""
+    J = lp.shape[0]
+    mx = lp[0]
+    for j in range(1, J):
+        if lp[j] > mx:
+            mx = lp[j]
+    tot = 0.0
+    for j in range(J):
+        lp[j] = math.exp(lp[j] - mx)
+        tot += lp[j]
+    return mx, tot
+
+
 @njit(parallel=True, cache=True)
 def pv_estep_stats(X, w, means, pchol, lconst, nk, s1, s2, ll):
     """E-step fused with the sufficient statistics, per chunk.
@@ -53,14 +69,7 @@ def pv_estep_stats(X, w, means, pchol, lconst, nk, s1, s2, ll):
         for i in range(c * CHUNK, min(n, (c + 1) * CHUNK)):
             x = X[i]
             _logprob_row(x, means, pchol, lconst, lp)
-            mx = lp[0]
-            for j in range(1, J):
-                if lp[j] > mx:
-                    mx = lp[j]
-            tot = 0.0
-            for j in range(J):
-                lp[j] = math.exp(lp[j] - mx)
-                tot += lp[j]
+            mx, tot = _softmax_row(lp)
             acc += w[i] * (mx + math.log(tot))
             for j in range(J):
                 r = w[i] * lp[j] / tot
@@ -91,14 +100,7 @@ def pv_fractions(X, means, pchol, lconst, design, out):
         lp = np.empty(J)
         for i in range(c * CHUNK, min(n, (c + 1) * CHUNK)):
             _logprob_row(X[i], means, pchol, lconst, lp)
-            mx = lp[0]
-            for j in range(1, J):
-                if lp[j] > mx:
-                    mx = lp[j]
-            tot = 0.0
-            for j in range(J):
-                lp[j] = math.exp(lp[j] - mx)
-                tot += lp[j]
+            _, tot = _softmax_row(lp)
             for k in range(C):
                 v = 0.0
                 for j in range(J):

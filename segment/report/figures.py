@@ -14,7 +14,6 @@ and drawn in millimetres, so anisotropic voxels keep their true aspect.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -158,19 +157,11 @@ def _to_screen(a2: np.ndarray, flip_h: bool) -> np.ndarray:
 
 
 def _atomic_savefig(fig: Figure, path: Path, dpi: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            FigureCanvasAgg(fig)
-            fig.savefig(fh, format="png", dpi=dpi, facecolor=fig.get_facecolor())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    from .tables import atomic_open
+
+    with atomic_open(path, "wb") as fh:
+        FigureCanvasAgg(fig)
+        fig.savefig(fh, format="png", dpi=dpi, facecolor=fig.get_facecolor())
 
 
 def overlay_figure(image: np.ndarray, labels: np.ndarray, out_path: str | os.PathLike, *,

@@ -12,7 +12,6 @@ and opened from disk.
 from __future__ import annotations
 
 import html
-import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from .tables import atomic_write_text
+from .tables import as_number, atomic_write_text
 
 __all__ = ["write_index", "render_index", "shown_columns"]
 
@@ -35,18 +34,8 @@ def shown_columns(columns: Sequence[str]) -> tuple[list[str], list[str]]:
     return main, rest
 
 
-def _num(v: Any) -> float | None:
-    if isinstance(v, bool) or v is None or v == "":
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def _fmt(col: str, v: Any) -> str:
-    f = _num(v)
+    f = as_number(v)
     if f is None:
         if v is None or v == "" or isinstance(v, float) or str(v).lower() in ("nan", "inf", "-inf"):
             return ""
@@ -62,7 +51,7 @@ def _fmt(col: str, v: Any) -> str:
 
 def _heat(col: str, v: Any) -> str:
     """Inline background for overlap scores: red below 0.5 through yellow to green at 1."""
-    f = _num(v)
+    f = as_number(v)
     if f is None or not col.startswith(("dice_", "lesion_dice_")):
         return ""
     hue = 120 * min(max((f - 0.5) / 0.5, 0.0), 1.0)
@@ -257,10 +246,10 @@ def render_index(
                   f'<img loading="lazy" src="{u}" alt="overlay of {esc(cid, quote=True)}"></a></td>')
             else:
                 w('<td class="t img"><span class="empty">none</span></td>')
-        secs = _num(r.get("seconds"))
+        secs = as_number(r.get("seconds"))
         w(f'<td data-v="{"" if secs is None else secs}">{_fmt("seconds", secs)}</td>')
         for c in main + rest:
-            v = _num(r.get(c))
+            v = as_number(r.get(c))
             x = ' class="x"' if c in rest else ""
             heat = _heat(c, v) if c not in rest else ""
             w(f'<td{x}{heat} data-v="{"" if v is None else repr(v)}">{_fmt(c, r.get(c))}</td>')

@@ -7,6 +7,7 @@ against power loss, which keeps batches of many small files fast.)
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -14,9 +15,9 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -26,23 +27,19 @@ __all__ = ["atomic_write_text", "write_csv", "write_json", "to_jsonable", "summa
 SUMMARY_COLUMNS: tuple[str, ...] = ("metric", "n", "mean", "std", "median", "q1", "q3", "iqr", "min", "max")
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, *, encoding: str = "utf-8") -> Path:
-    """Write ``text`` to ``path`` atomically (temporary file in the same folder, then rename).
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path`` for writing; on success it is renamed to ``path``.
 
     The parent folder is created if needed. On any error the temporary file is removed and the
-    destination is left as it was.
-
-    Returns
-    -------
-    Path
-        ``path``.
+    destination is left as it was, so a crash never leaves a half-written output.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding=encoding, newline="") as fh:
-            fh.write(text)
+        with os.fdopen(fd, mode, **kwargs) as fh:
+            yield fh
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -50,7 +47,31 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, encoding: str = "ut
         except FileNotFoundError:
             pass
         raise
-    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, *, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically (temporary file in the same folder, then rename).
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    with atomic_open(path, "w", encoding=encoding, newline="") as fh:
+        fh.write(text)
+    return Path(path)
+
+
+def as_number(value: Any) -> float | None:
+    """``value`` (a number or a numeric string, as read back from a CSV) as a finite float;
+    None for booleans, empty cells, non-numbers, NaN and infinities."""
+    if isinstance(value, bool) or value is None or value == "":
+        return None
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
 
 
 # --------------------------------------------------------------------------- values
