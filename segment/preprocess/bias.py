@@ -9,8 +9,8 @@ def n4_correct(
     mask: np.ndarray | None,
     spacing: tuple[float, float, float],
     *,
-    shrink: int = 4,
-    iterations: tuple[int, ...] = (50, 50, 30),
+    shrink: int = 6,
+    iterations: tuple[int, ...] = (50,),
     fitting_levels: int | None = None,
     convergence: float = 1e-4,
     seed: int = 0,
@@ -29,7 +29,11 @@ def n4_correct(
         Shrink factor in-plane; slices thicker than the in-plane size are shrunk less along
         their axis so the shrunk grid stays roughly isotropic.
     iterations : tuple of int
-        Maximum iterations per fitting level (its length is the number of levels).
+        Maximum iterations per fitting level (its length is the number of levels). One level
+        (the default) fits one cubic B-spline span over the image: a field as smooth as a
+        scanner's, which does not absorb anatomy (on the MNI152 template three levels removed
+        as much "bias" from the clean image as a 20 % field puts in; one level recovered the
+        field to a residual of 1.4 % CV, see docs/validation_degraded.md).
 
     Returns
     -------
