@@ -60,6 +60,9 @@ VARIANTS = [
     ("bias 20 % + noise 4 %", 20, 4),
 ]
 
+#: Hand-written findings after this marker in --out survive a re-run.
+NOTES = "<!-- notes: kept when the script rewrites this file -->"
+
 ATROPOS_CODE = r"""
 import json, sys, time
 import ants
@@ -148,7 +151,7 @@ def overlay(path: Path, img: np.ndarray, truth: np.ndarray, preds: dict[str, np.
     plt.close(fig)
 
 
-def noise_plot(path: Path, table: dict, methods: list[str]) -> None:
+def noise_plot(path: Path, table: dict, methods: list[str], names: dict[str, str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -160,7 +163,7 @@ def noise_plot(path: Path, table: dict, methods: list[str]) -> None:
         for m in methods:
             xs = [n for n, v in levels if (v, m) in table]
             ys = [table[(v, m)]["dice"][cls - 1] for n, v in levels if (v, m) in table]
-            ax.plot(xs, ys, marker="o", label=m)
+            ax.plot(xs, ys, marker="o", label=names[m].split(",")[0])
         ax.axhline({2: 0.90, 3: 0.93}[cls], color="grey", ls=":", lw=1)
         ax.set_title(f"{name} Dice vs Rician noise (MNI152)")
         ax.set_xlabel("noise sigma, % of mean WM intensity")
@@ -193,7 +196,7 @@ def main(argv=None) -> int:
     defaults = Config()
     beta = args.beta if args.beta is not None else (defaults.postprocess.mrf_beta or 0.3)
     seg_methods = {
-        "plain": ("segment, mixture only", {"preprocess": {"bias_correction": False}, "postprocess": {"mrf_beta": 0.0}}),
+        "plain": ("segment without N4 or MRF", {"preprocess": {"bias_correction": False}, "postprocess": {"mrf_beta": 0.0}}),
         "n4": ("segment + N4", {"preprocess": {"bias_correction": True}, "postprocess": {"mrf_beta": 0.0}}),
         "mrf": (f"segment + MRF {beta:g}", {"preprocess": {"bias_correction": False}, "postprocess": {"mrf_beta": beta}}),
         "n4mrf": (f"segment + N4 + MRF {beta:g}", {"preprocess": {"bias_correction": True}, "postprocess": {"mrf_beta": beta}}),
@@ -268,8 +271,7 @@ def main(argv=None) -> int:
                 overlay(figs / "degraded_overlay_bias20_noise4.png", img, truth, show, vname)
 
     methods = [k for k in [*configs, "sklearn", "atropos"] if any((v[0], k) in table for v in variants)]
-    noise_plot(figs / "degraded_dice_vs_noise.png", table, methods)
-    noise_plot_named = {}
+    noise_plot(figs / "degraded_dice_vs_noise.png", table, methods, names)
     lines = []
     for vname, _, _ in variants:
         lines += [f"### {vname}", "", "| method | Dice CSF | Dice GM | Dice WM | seconds |", "|---|---|---|---|---|"]
@@ -289,20 +291,21 @@ def main(argv=None) -> int:
             r = table.get((vname, k))
             cells.append("" if r is None else f"{r['dice'][1]:.3f} / {r['dice'][2]:.3f} ({r['seconds']:.1f} s)")
         summ.append(f"| {vname} | " + " | ".join(cells) + " |")
-    del noise_plot_named
     text = "\n".join(summ) + "\n\n" + "\n".join(lines)
     print(text)
     if args.out:
         cmd = "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])])
         machine = f"{platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-        raw = {f"{v}|{k}": r for (v, k), r in table.items()}
-        args.out.with_suffix(".json").write_text(json.dumps({"names": names, "results": raw}, indent=1))
+        notes = ""
+        if args.out.is_file() and NOTES in args.out.read_text():
+            notes = args.out.read_text().split(NOTES, 1)[1]
         args.out.write_text(
             "## Tissue on MNI152 under bias and noise\n\n"
             f"Command: `{cmd}`  \nMachine: {machine}  \nAtropos: {ants_note or 'not requested'}\n\n"
             "GM / WM Dice (seconds) per variant:\n\n" + text
             + "\n![Dice vs noise](figures/degraded_dice_vs_noise.png)\n\n"
-            "![overlay, bias 20 % + noise 4 %](figures/degraded_overlay_bias20_noise4.png)\n"
+            "![overlay, bias 20 % + noise 4 %](figures/degraded_overlay_bias20_noise4.png)\n\n"
+            + NOTES + (notes or "\n")
         )
     return 0
 
