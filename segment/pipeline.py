@@ -38,7 +38,8 @@ class Segmentation:
     brain_mask: np.ndarray
     tissue: np.ndarray
     features: dict[str, np.ndarray]
-    probabilities: np.ndarray | None = None
+    probabilities: np.ndarray | None = None  # (X, Y, Z, 3) final class probabilities (after the MRF)
+    fractions: np.ndarray | None = None  # (X, Y, Z, 3) partial-volume fractions (before the MRF)
     tumor: np.ndarray | None = None  # internal BraTS 2023 coding, or None when the task did not run
     tumor_regions: list[str] = field(default_factory=list)
     info: dict[str, object] = field(default_factory=dict)
@@ -300,6 +301,7 @@ def run_pipeline(case: Case | LoadedCase | str | os.PathLike, config: Config | N
 
     t = time.perf_counter()
     pp = config.postprocess
+    fractions = probs
     if pp.mrf_beta > 0:
         from .labeling.mrf import mrf_smooth
 
@@ -316,11 +318,15 @@ def run_pipeline(case: Case | LoadedCase | str | os.PathLike, config: Config | N
         tissue[tumor > 0] = TISSUE_TUMOR_LABEL
     timings["postprocess"] = time.perf_counter() - t
 
-    prob_maps = None
+    prob_maps = pve_maps = None
     if config.outputs.probabilities:
         prob_maps = np.zeros(mask.shape + (probs.shape[1],), dtype=np.float32)
         prob_maps[healthy] = probs
-    return Segmentation(loaded, mask, tissue, feats, prob_maps, tumor, regions, info, timings)
+        pve_maps = np.zeros_like(prob_maps)
+        pve_maps[healthy] = fractions
+    return Segmentation(
+        loaded, mask, tissue, feats, prob_maps, pve_maps, tumor, regions, info, timings
+    )
 
 
 # --------------------------------------------------------------------------- metrics & outputs
@@ -395,6 +401,12 @@ def write_outputs(seg: Segmentation, out_dir: Path, config: Config, metrics: dic
     outputs["tissue"] = save_volume(
         from_ras(seg.tissue, ref), ref.affine, out_dir / "tissue.nii.gz", dtype=np.uint8
     )
+    if seg.fractions is not None:
+        for c, name in TISSUE_LABELS.items():
+            outputs[f"pve_{name}"] = save_volume(
+                from_ras(seg.fractions[..., c - 1], ref), ref.affine,
+                out_dir / f"pve_{name.lower()}.nii.gz", dtype=np.float32,
+            )
     if seg.probabilities is not None:
         for c, name in TISSUE_LABELS.items():
             outputs[f"prob_{name}"] = save_volume(

@@ -58,6 +58,10 @@ def test_run_with_config_file(case, tmp_path):
     total = probs[0] + probs[1] + probs[2]
     brain = np.asarray(nib.load(str(out / "brain_mask.nii.gz")).dataobj) > 0
     np.testing.assert_allclose(total[brain], 1.0, atol=1e-4)
+    # partial-volume fractions (before the MRF), FAST-style
+    pve = [np.asarray(nib.load(str(out / f"pve_{c}.nii.gz")).dataobj) for c in ("csf", "gm", "wm")]
+    np.testing.assert_allclose((pve[0] + pve[1] + pve[2])[brain], 1.0, atol=1e-4)
+    assert ((pve[1] > 0.05) & (pve[1] < 0.95)).any()  # mixed voxels exist at tissue borders
 
 
 def test_bad_config_exits_2_with_one_line(case, tmp_path, capsys):
