@@ -24,8 +24,11 @@ from .types import TISSUE_LABELS, TISSUE_TUMOR_LABEL, Case, CaseResult
 
 log = logging.getLogger("segment")
 
-#: Voxels drawn (seeded) to fit the partial-volume model when no exact histogram is available.
+#: Voxels drawn (seeded) to fit the partial-volume model on several features.
 PV_MAX_SAMPLES = 12_000
+#: Bins of the histogram one feature's partial-volume model is fitted on when its values are
+#: not few enough for an exact histogram (bin width ~1/2000 of the range, far below the noise).
+PV_HIST_BINS = 2048
 #: Largest accepted move of a pure class mean from its plain-mixture estimate, in that class's SD.
 PV_MAX_DRIFT = 2.0
 
@@ -86,6 +89,7 @@ def normalize_step(loaded: LoadedCase, mask: np.ndarray, config: Config) -> dict
 
     pp = config.preprocess
     out: dict[str, np.ndarray] = {}
+    raw: dict[str, np.ndarray] = {}
     for m in loaded.modalities:
         data = loaded.images[m].data
         if pp.bias_correction:
@@ -95,6 +99,8 @@ def normalize_step(loaded: LoadedCase, mask: np.ndarray, config: Config) -> dict
                 data, mask, loaded.spacing, shrink=pp.n4.shrink,
                 iterations=pp.n4.iterations, convergence=pp.n4.convergence,
             )
+        raw[m] = data
+    for m, data in raw.items():
         # voxels outside the field of view of a resampled series are 0 there; they stay in
         # the mask (the reference defines the brain) and take the clipped low value.
         out[m] = robust_zscore(
@@ -183,10 +189,16 @@ def fit_tissue_mixture(
         means0 = np.stack([np.average(gmm.means_[classes == c], axis=0, weights=w[classes == c]) for c in (1, 2, 3)])
         covs0 = np.stack([np.average(covs[classes == c], axis=0, weights=w[classes == c]) for c in (1, 2, 3)])
         # The partial-volume EM converges slowly (the pure means move a little each step), so
-        # it runs to a tight tolerance; without an exact histogram it is fitted on a seeded
-        # subset, which fixes a handful of parameters as well as all voxels would.
+        # it runs to a tight tolerance; without an exact histogram it is fitted on a fine
+        # histogram of the voxels (one feature) or on a seeded subset (several), which fix a
+        # handful of parameters as well as all voxels would.
         pv_x, pv_w = fit_x, weights
-        if pv_w is None and pv_x.shape[0] > PV_MAX_SAMPLES:
+        if pv_w is None and pv_x.shape[1] == 1 and pv_x.shape[0] > PV_HIST_BINS:
+            counts, edges = np.histogram(pv_x[:, 0], bins=PV_HIST_BINS)
+            used = counts > 0
+            pv_x = (0.5 * (edges[:-1] + edges[1:]))[used][:, None]
+            pv_w = counts[used].astype(np.float64)
+        elif pv_w is None and pv_x.shape[0] > PV_MAX_SAMPLES:
             rng = np.random.default_rng(config.seed)
             pv_x = pv_x[np.sort(rng.choice(pv_x.shape[0], size=PV_MAX_SAMPLES, replace=False))]
         pv = PartialVolumeMixture(3, tol=1e-7, max_iter=1000, reg_covar=max(mc.reg_covar, 1e-6))
@@ -196,12 +208,15 @@ def fit_tissue_mixture(
         # mixture's posteriors are used instead.
         pv.fit(pv_x, means_init=means0, covariances_init=covs0, sample_weight=pv_w, max_drift=PV_MAX_DRIFT)
         accepted = not pv.drifted_ and float(pv.drift_.max()) <= PV_MAX_DRIFT
+        gmm_ll = float(np.average(gmm.score_samples(pv_x), weights=pv_w))
         info["partial_volume"] = {
             "n_iter": int(pv.n_iter_),
             "class_means": np.round(pv.means_, 4).tolist(),
             "class_weights": np.round(pv.class_weights_, 4).tolist(),
             "drift_sd": np.round(pv.drift_, 3).tolist(),
             "used": bool(accepted),
+            "mean_loglik": round(float(pv.lower_bound_), 5),
+            "mixture_mean_loglik": round(gmm_ll, 5),
         }
         if accepted:
             probs = pv.predict_fractions(predict_x)
@@ -299,15 +314,16 @@ def run_pipeline(case: Case | LoadedCase | str | os.PathLike, config: Config | N
     timings["mixture"] = time.perf_counter() - t
     info.update(mixture=mix_info, features=mods)
 
-    t = time.perf_counter()
     pp = config.postprocess
     fractions = probs
     if pp.mrf_beta > 0:
         from .labeling.mrf import mrf_smooth
 
+        t = time.perf_counter()
         probs = mrf_smooth(probs, healthy, loaded.spacing, beta=pp.mrf_beta, iterations=pp.mrf_iterations)
         labels = (np.argmax(probs, axis=1) + 1).astype(np.uint8)
         timings["mrf"] = time.perf_counter() - t
+    t = time.perf_counter()
     tissue = np.zeros(mask.shape, dtype=np.uint8)
     tissue[healthy] = labels
     if config.postprocess.min_island_mm3 > 0:

@@ -2,7 +2,34 @@
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 from scipy import ndimage as ndi
+
+
+def fill_holes_slicewise(mask: np.ndarray) -> np.ndarray:
+    """Fill the holes of every axial slice (in-plane 4-connected background that does not reach
+    the slice's border), all slices in one labelling pass.
+
+    Examples
+    --------
+    >>> m = np.ones((5, 5, 2), bool); m[2, 2, 0] = False; m[0, 2, 1] = False
+    >>> f = fill_holes_slicewise(m)
+    >>> bool(f[2, 2, 0]), bool(f[0, 2, 1])
+    (True, False)
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return mask.copy()
+    out = np.zeros_like(mask)
+    box = _box(mask, pad_z=0)
+    in_plane = np.zeros((3, 3, 3), bool)
+    in_plane[:, :, 1] = ndi.generate_binary_structure(2, 1)
+    padded = np.pad(mask[box], ((1, 1), (1, 1), (0, 0)))
+    comp, _ = ndi.label(~padded, structure=in_plane)
+    border = np.unique(np.concatenate([comp[0].ravel(), comp[-1].ravel(), comp[:, 0].ravel(), comp[:, -1].ravel()]))
+    holes = (comp > 0) & ~np.isin(comp, border)
+    out[box] = (padded | holes)[1:-1, 1:-1, :]
+    return out
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -27,18 +54,19 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     if not mask.any():
         return mask.copy()
     out = np.zeros_like(mask)
-    box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in np.nonzero(mask))
-    m = ndi.binary_fill_holes(mask[box])
-    # every slice at once: label the background with in-plane connectivity only; a background
-    # component that does not reach its slice's border is a hole of that slice
-    in_plane = np.zeros((3, 3, 3), bool)
-    in_plane[:, :, 1] = ndi.generate_binary_structure(2, 1)
-    padded = np.pad(m, ((1, 1), (1, 1), (0, 0)))
-    comp, _ = ndi.label(~padded, structure=in_plane)
-    border = np.unique(np.concatenate([comp[0].ravel(), comp[-1].ravel(), comp[:, 0].ravel(), comp[:, -1].ravel()]))
-    holes = (comp > 0) & ~np.isin(comp, border)
-    out[box] = (padded | holes)[1:-1, 1:-1, :]
-    return out
+    box = _box(mask)
+    out[box] = ndi.binary_fill_holes(mask[box])
+    return fill_holes_slicewise(out)
+
+
+def _box(mask: np.ndarray, pad: int = 1, pad_z: int | None = None) -> tuple[slice, ...]:
+    """Bounding box of ``mask`` grown by ``pad`` voxels (``pad_z`` along the last axis)."""
+    pads = (pad, pad, pad if pad_z is None else pad_z)
+    box = []
+    for ax, p in enumerate(pads):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != ax)))
+        box.append(slice(max(int(hit[0]) - p, 0), int(hit[-1]) + 1 + p))
+    return tuple(box)
 
 
 def remove_small_islands(
@@ -48,7 +76,8 @@ def remove_small_islands(
     min_size_mm3: float,
 ) -> np.ndarray:
     """Give every connected island of a label smaller than ``min_size_mm3`` the label of the
-    nearest voxel outside small islands (its surroundings).
+    nearest voxel outside small islands (its surroundings), grown in from the island's edge one
+    6-neighbour step at a time.
 
     Parameters
     ----------
@@ -70,9 +99,7 @@ def remove_small_islands(
     if min_vox <= 1 or not mask.any():
         return out
     # work on the mask's bounding box (plus one voxel) only
-    box = tuple(
-        slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in np.nonzero(mask)
-    )
+    box = _box(mask)
     out[box] = _relabel_small(labels[box], mask[box], spacing, min_vox)
     return out
 
@@ -92,8 +119,88 @@ def _relabel_small(labels: np.ndarray, mask: np.ndarray, spacing, min_vox: int) 
     keep = mask & ~small
     if not keep.any():
         return out
-    # nearest kept voxel for every small-island voxel, in millimetres
-    _, idx = ndi.distance_transform_edt(~keep, sampling=spacing, return_indices=True)
-    where = np.nonzero(small)
-    out[where] = labels[idx[0][where], idx[1][where], idx[2][where]]
+    order = np.argsort(np.asarray(spacing, dtype=np.float64), kind="stable").astype(np.int64)
+    return _grow_into(np.ascontiguousarray(labels), keep, small, order)
+
+
+@njit(cache=True)
+def _grow_into(labels, keep, small, order):
+    """Give every ``small`` voxel the label of the nearest ``keep`` voxel, growing outward from
+    ``keep`` one 6-neighbour layer at a time through ``small`` voxels (breadth first, so the
+    distance is counted in steps; among equally near neighbours the one across the smallest
+    voxel spacing, ``order``, wins). Small voxels that no kept voxel reaches keep their label."""
+    X, Y, Z = labels.shape
+    out = labels.copy()
+    done = keep.copy()
+    queued = np.zeros(labels.shape, dtype=np.bool_)
+    n = int(small.sum())
+    frontier = np.empty((n, 3), dtype=np.int64)
+    nf = 0
+    # first layer: small voxels touching a kept voxel
+    for x in range(X):
+        for y in range(Y):
+            for z in range(Z):
+                if small[x, y, z] and _touches(done, x, y, z):
+                    frontier[nf, 0] = x
+                    frontier[nf, 1] = y
+                    frontier[nf, 2] = z
+                    queued[x, y, z] = True
+                    nf += 1
+    nxt = np.empty((n, 3), dtype=np.int64)
+    got = np.empty(n, dtype=labels.dtype)
+    while nf > 0:
+        for i in range(nf):
+            got[i] = _nearest_label(out, done, frontier[i, 0], frontier[i, 1], frontier[i, 2], order)
+        for i in range(nf):
+            x, y, z = frontier[i, 0], frontier[i, 1], frontier[i, 2]
+            out[x, y, z] = got[i]
+            done[x, y, z] = True
+        nn = 0
+        for i in range(nf):
+            x, y, z = frontier[i, 0], frontier[i, 1], frontier[i, 2]
+            for ax in range(3):
+                for step in (-1, 1):
+                    a, b, c = x, y, z
+                    if ax == 0:
+                        a += step
+                    elif ax == 1:
+                        b += step
+                    else:
+                        c += step
+                    if 0 <= a < X and 0 <= b < Y and 0 <= c < Z and small[a, b, c] and not queued[a, b, c]:
+                        queued[a, b, c] = True
+                        nxt[nn, 0] = a
+                        nxt[nn, 1] = b
+                        nxt[nn, 2] = c
+                        nn += 1
+        frontier, nxt = nxt, frontier
+        nf = nn
     return out
+
+
+@njit(cache=True)
+def _touches(done, x, y, z):
+    X, Y, Z = done.shape
+    return (
+        (x > 0 and done[x - 1, y, z]) or (x < X - 1 and done[x + 1, y, z])
+        or (y > 0 and done[x, y - 1, z]) or (y < Y - 1 and done[x, y + 1, z])
+        or (z > 0 and done[x, y, z - 1]) or (z < Z - 1 and done[x, y, z + 1])
+    )
+
+
+@njit(cache=True)
+def _nearest_label(out, done, x, y, z, order):
+    X, Y, Z = out.shape
+    for k in range(3):
+        ax = order[k]
+        for step in (-1, 1):
+            a, b, c = x, y, z
+            if ax == 0:
+                a += step
+            elif ax == 1:
+                b += step
+            else:
+                c += step
+            if 0 <= a < X and 0 <= b < Y and 0 <= c < Z and done[a, b, c]:
+                return out[a, b, c]
+    return out[x, y, z]

@@ -38,7 +38,8 @@ def n4_correct(
     Returns
     -------
     ndarray of shape (X, Y, Z), float32
-        ``data / field``, with the field's mean inside the mask scaled to one.
+        ``data / field``, with the field's mean inside the mask scaled to one; with a mask, the
+        field is estimated over the mask's bounding box and voxels outside it are unchanged.
     """
     import SimpleITK as sitk
 
@@ -46,13 +47,17 @@ def n4_correct(
     offset = 0.0
     if x.min() < 0:
         offset = -float(x.min())
-    work = x + offset + 1e-3
+    out = x.copy()
+    box = _box(mask, pad=2) if mask is not None and mask.any() else tuple(slice(None) for _ in x.shape)
+    # the field is estimated and applied on the mask's bounding box only: voxels outside the
+    # mask are not used by the estimate, and the B-spline span then covers the brain itself
+    work = x[box] + offset + 1e-3
     img = sitk.GetImageFromArray(np.ascontiguousarray(work.transpose(2, 1, 0)))
     img.SetSpacing(tuple(float(s) for s in spacing))
     if mask is None:
         m = sitk.OtsuThreshold(img, 0, 1, 200)
     else:
-        m = sitk.GetImageFromArray(np.ascontiguousarray(mask.astype(np.uint8).transpose(2, 1, 0)))
+        m = sitk.GetImageFromArray(np.ascontiguousarray(mask[box].astype(np.uint8).transpose(2, 1, 0)))
         m.CopyInformation(img)
     smin = min(spacing)
     factors = [max(1, int(round(shrink * smin / s))) for s in spacing]
@@ -66,7 +71,15 @@ def n4_correct(
     corrector.Execute(small, small_m)
     log_field = corrector.GetLogBiasFieldAsImage(img)
     field = np.exp(sitk.GetArrayFromImage(log_field).transpose(2, 1, 0)).astype(np.float32)
-    sel = mask if mask is not None else sitk.GetArrayFromImage(m).transpose(2, 1, 0).astype(bool)
+    sel = mask[box] if mask is not None else sitk.GetArrayFromImage(m).transpose(2, 1, 0).astype(bool)
     if sel.any():
         field /= float(np.mean(field[sel]))
-    return (work / field - offset).astype(np.float32)
+    out[box] = work / field - offset
+    return out
+
+
+def _box(mask: np.ndarray, pad: int) -> tuple[slice, ...]:
+    from ..postprocess import _box as box
+
+    return box(mask, pad=pad)
+

@@ -75,10 +75,9 @@ def _largest_component(mask: np.ndarray, connectivity: int = 1) -> np.ndarray:
 
 
 def _fill_holes_slicewise(mask: np.ndarray) -> np.ndarray:
-    out = np.empty_like(mask, dtype=bool)
-    for z in range(mask.shape[2]):
-        out[..., z] = ndi.binary_fill_holes(mask[..., z])
-    return out
+    from ..postprocess import fill_holes_slicewise
+
+    return fill_holes_slicewise(mask)
 
 
 def _erode_mm(mask: np.ndarray, radius: float, spacing: np.ndarray) -> np.ndarray:
@@ -175,15 +174,19 @@ def is_brain_only(
     border = np.mean(np.concatenate([f.ravel() for f in faces]))
     if border > max_border_nonzero:
         return False
-    main = _largest_component(nz)
+    from ..postprocess import _box
+
+    box = _box(nz)
+    main = _largest_component(nz[box])
     if main.sum() < 0.9 * n:
         return False
     filled = ndi.binary_fill_holes(main)
     if main.sum() < min_fill * filled.sum():
         return False
     # the zero region must surround the brain: what is not the filled brain is (mostly) zero
-    outside = ~filled
-    return bool(np.mean(nz[outside]) < 0.01) if outside.any() else False
+    outside_nonzero = n - np.count_nonzero(nz[box] & filled)
+    outside = nz.size - np.count_nonzero(filled)
+    return bool(outside_nonzero < 0.01 * outside) if outside else False
 
 
 def brain_mask_nonzero(
@@ -224,16 +227,19 @@ def brain_mask_nonzero(
     nz = a != 0
     if not nz.any():
         raise InputError("empty brain mask: the image has no non-zero voxel")
-    lab, n = ndi.label(nz, ndi.generate_binary_structure(3, 1))
+    from ..postprocess import _box, fill_holes
+
+    box = _box(nz)
+    lab, n = ndi.label(nz[box], ndi.generate_binary_structure(3, 1))
     sizes = np.bincount(lab.ravel())
     sizes[0] = 0
     min_vox = min_island_ml * 1000.0 / float(np.prod(sp))
     keep = sizes >= min_vox
     keep[int(sizes.argmax())] = True
     keep[0] = False
-    mask = keep[lab]
-    mask = _fill_holes_slicewise(mask)
-    return ndi.binary_fill_holes(mask)
+    mask = np.zeros(nz.shape, dtype=bool)
+    mask[box] = keep[lab]
+    return fill_holes(mask)
 
 
 # --------------------------------------------------------------------------------------------
