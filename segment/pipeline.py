@@ -74,7 +74,7 @@ def brain_mask_step(loaded: LoadedCase, config: Config) -> tuple[np.ndarray, dic
     else:
         mask = skullstrip(vols, ref.spacing, modalities=loaded.modalities)
         method = "skullstrip"
-    if config.postprocess.fill_holes:
+    if config.postprocess.fill_holes and method != "nonzero":  # brain_mask_nonzero fills its holes
         from .postprocess import fill_holes
 
         mask = fill_holes(mask)
@@ -164,7 +164,7 @@ def fit_tissue_mixture(
     info: dict[str, object] = {"n_voxels": int(n), "n_fit_voxels": n_fit}
     fit_x, weights = features[fit_rows], None
     uniq, inverse = None, None
-    if features.shape[1] == 1:
+    if features.shape[1] == 1 and _few_distinct(features[:, 0], config.seed):
         uniq, inverse = np.unique(features[:, 0], return_inverse=True)
         if uniq.size <= max(n // 4, 1):
             counts = np.bincount(inverse[fit_rows], minlength=uniq.size).astype(np.float64)
@@ -238,6 +238,16 @@ def fit_tissue_mixture(
         component_weights=np.round(gmm.weights_, 4).tolist(),
     )
     return labels, probs.astype(np.float32), info
+
+
+def _few_distinct(values: np.ndarray, seed: int, probe: int = 20_000) -> bool:
+    """False when a seeded probe of the values is mostly distinct (continuous data, where the
+    exact histogram cannot be small), which spares sorting millions of values."""
+    if values.size <= probe:
+        return True
+    rng = np.random.default_rng(seed)
+    sample = values[rng.choice(values.size, size=probe, replace=False)]
+    return np.unique(sample).size <= probe // 2
 
 
 def _full_covariances(gmm) -> np.ndarray:
