@@ -9,7 +9,7 @@ def n4_correct(
     mask: np.ndarray | None,
     spacing: tuple[float, float, float],
     *,
-    shrink: int = 8,
+    shrink: int = 6,
     iterations: tuple[int, ...] = (50,),
     fitting_levels: int | None = None,
     convergence: float = 1e-4,
