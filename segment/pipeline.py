@@ -89,7 +89,6 @@ def normalize_step(loaded: LoadedCase, mask: np.ndarray, config: Config) -> dict
 
     pp = config.preprocess
     out: dict[str, np.ndarray] = {}
-    raw: dict[str, np.ndarray] = {}
     for m in loaded.modalities:
         data = loaded.images[m].data
         if pp.bias_correction:
@@ -99,8 +98,6 @@ def normalize_step(loaded: LoadedCase, mask: np.ndarray, config: Config) -> dict
                 data, mask, loaded.spacing, shrink=pp.n4.shrink,
                 iterations=pp.n4.iterations, convergence=pp.n4.convergence,
             )
-        raw[m] = data
-    for m, data in raw.items():
         # voxels outside the field of view of a resampled series are 0 there; they stay in
         # the mask (the reference defines the brain) and take the clipped low value.
         out[m] = robust_zscore(
@@ -116,8 +113,10 @@ def fit_core(mask: np.ndarray, spacing: tuple[float, float, float], margin_mm: f
 
     if margin_mm <= 0:
         return mask
+    from .postprocess import bounding_box
+
     core = ndi.binary_erosion(mask)
-    box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in np.nonzero(mask))
+    box = bounding_box(mask)
     core[box] &= ndi.distance_transform_edt(mask[box], sampling=spacing) > margin_mm
     return core
 
@@ -208,15 +207,12 @@ def fit_tissue_mixture(
         # mixture's posteriors are used instead.
         pv.fit(pv_x, means_init=means0, covariances_init=covs0, sample_weight=pv_w, max_drift=PV_MAX_DRIFT)
         accepted = not pv.drifted_ and float(pv.drift_.max()) <= PV_MAX_DRIFT
-        gmm_ll = float(np.average(gmm.score_samples(pv_x), weights=pv_w))
         info["partial_volume"] = {
             "n_iter": int(pv.n_iter_),
             "class_means": np.round(pv.means_, 4).tolist(),
             "class_weights": np.round(pv.class_weights_, 4).tolist(),
             "drift_sd": np.round(pv.drift_, 3).tolist(),
             "used": bool(accepted),
-            "mean_loglik": round(float(pv.lower_bound_), 5),
-            "mixture_mean_loglik": round(gmm_ll, 5),
         }
         if accepted:
             probs = pv.predict_fractions(predict_x)

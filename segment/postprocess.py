@@ -21,7 +21,7 @@ def fill_holes_slicewise(mask: np.ndarray) -> np.ndarray:
     if not mask.any():
         return mask.copy()
     out = np.zeros_like(mask)
-    box = _box(mask, pad_z=0)
+    box = bounding_box(mask, pad_z=0)
     in_plane = np.zeros((3, 3, 3), bool)
     in_plane[:, :, 1] = ndi.generate_binary_structure(2, 1)
     padded = np.pad(mask[box], ((1, 1), (1, 1), (0, 0)))
@@ -54,12 +54,12 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     if not mask.any():
         return mask.copy()
     out = np.zeros_like(mask)
-    box = _box(mask)
+    box = bounding_box(mask)
     out[box] = ndi.binary_fill_holes(mask[box])
     return fill_holes_slicewise(out)
 
 
-def _box(mask: np.ndarray, pad: int = 1, pad_z: int | None = None) -> tuple[slice, ...]:
+def bounding_box(mask: np.ndarray, pad: int = 1, pad_z: int | None = None) -> tuple[slice, ...]:
     """Bounding box of ``mask`` grown by ``pad`` voxels (``pad_z`` along the last axis)."""
     pads = (pad, pad, pad if pad_z is None else pad_z)
     box = []
@@ -99,7 +99,7 @@ def remove_small_islands(
     if min_vox <= 1 or not mask.any():
         return out
     # work on the mask's bounding box (plus one voxel) only
-    box = _box(mask)
+    box = bounding_box(mask)
     out[box] = _relabel_small(labels[box], mask[box], spacing, min_vox)
     return out
 
@@ -121,6 +121,10 @@ def _relabel_small(labels: np.ndarray, mask: np.ndarray, spacing, min_vox: int) 
         return out
     order = np.argsort(np.asarray(spacing, dtype=np.float64), kind="stable").astype(np.int64)
     return _grow_into(np.ascontiguousarray(labels), keep, small, order)
+
+
+#: The 6-neighbourhood, two rows per axis (-1 then +1).
+_STEPS = np.array([[-1, 0, 0], [1, 0, 0], [0, -1, 0], [0, 1, 0], [0, 0, -1], [0, 0, 1]], dtype=np.int64)
 
 
 @njit(cache=True)
@@ -157,22 +161,16 @@ def _grow_into(labels, keep, small, order):
             done[x, y, z] = True
         nn = 0
         for i in range(nf):
-            x, y, z = frontier[i, 0], frontier[i, 1], frontier[i, 2]
-            for ax in range(3):
-                for step in (-1, 1):
-                    a, b, c = x, y, z
-                    if ax == 0:
-                        a += step
-                    elif ax == 1:
-                        b += step
-                    else:
-                        c += step
-                    if 0 <= a < X and 0 <= b < Y and 0 <= c < Z and small[a, b, c] and not queued[a, b, c]:
-                        queued[a, b, c] = True
-                        nxt[nn, 0] = a
-                        nxt[nn, 1] = b
-                        nxt[nn, 2] = c
-                        nn += 1
+            for j in range(6):
+                a = frontier[i, 0] + _STEPS[j, 0]
+                b = frontier[i, 1] + _STEPS[j, 1]
+                c = frontier[i, 2] + _STEPS[j, 2]
+                if 0 <= a < X and 0 <= b < Y and 0 <= c < Z and small[a, b, c] and not queued[a, b, c]:
+                    queued[a, b, c] = True
+                    nxt[nn, 0] = a
+                    nxt[nn, 1] = b
+                    nxt[nn, 2] = c
+                    nn += 1
         frontier, nxt = nxt, frontier
         nf = nn
     return out
@@ -181,26 +179,19 @@ def _grow_into(labels, keep, small, order):
 @njit(cache=True)
 def _touches(done, x, y, z):
     X, Y, Z = done.shape
-    return (
-        (x > 0 and done[x - 1, y, z]) or (x < X - 1 and done[x + 1, y, z])
-        or (y > 0 and done[x, y - 1, z]) or (y < Y - 1 and done[x, y + 1, z])
-        or (z > 0 and done[x, y, z - 1]) or (z < Z - 1 and done[x, y, z + 1])
-    )
+    for j in range(6):
+        a, b, c = x + _STEPS[j, 0], y + _STEPS[j, 1], z + _STEPS[j, 2]
+        if 0 <= a < X and 0 <= b < Y and 0 <= c < Z and done[a, b, c]:
+            return True
+    return False
 
 
 @njit(cache=True)
 def _nearest_label(out, done, x, y, z, order):
     X, Y, Z = out.shape
     for k in range(3):
-        ax = order[k]
-        for step in (-1, 1):
-            a, b, c = x, y, z
-            if ax == 0:
-                a += step
-            elif ax == 1:
-                b += step
-            else:
-                c += step
+        for j in (2 * order[k], 2 * order[k] + 1):  # the axis' -1 then +1 neighbour
+            a, b, c = x + _STEPS[j, 0], y + _STEPS[j, 1], z + _STEPS[j, 2]
             if 0 <= a < X and 0 <= b < Y and 0 <= c < Z and done[a, b, c]:
                 return out[a, b, c]
     return out[x, y, z]

@@ -48,7 +48,9 @@ def n4_correct(
     if x.min() < 0:
         offset = -float(x.min())
     out = x.copy()
-    box = _box(mask, pad=2) if mask is not None and mask.any() else tuple(slice(None) for _ in x.shape)
+    from ..postprocess import bounding_box
+
+    box = bounding_box(mask, pad=2) if mask is not None and mask.any() else tuple(slice(None) for _ in x.shape)
     # the field is estimated and applied on the mask's bounding box only: voxels outside the
     # mask are not used by the estimate, and the B-spline span then covers the brain itself
     work = x[box] + offset + 1e-3
@@ -76,10 +78,4 @@ def n4_correct(
         field /= float(np.mean(field[sel]))
     out[box] = work / field - offset
     return out
-
-
-def _box(mask: np.ndarray, pad: int) -> tuple[slice, ...]:
-    from ..postprocess import _box as box
-
-    return box(mask, pad=pad)
 

@@ -37,6 +37,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
 from segment.errors import InputError
+from segment.postprocess import bounding_box, fill_holes, fill_holes_slicewise
 
 __all__ = [
     "is_brain_only",
@@ -72,12 +73,6 @@ def _largest_component(mask: np.ndarray, connectivity: int = 1) -> np.ndarray:
     sizes = np.bincount(lab.ravel())
     sizes[0] = 0
     return lab == int(sizes.argmax())
-
-
-def _fill_holes_slicewise(mask: np.ndarray) -> np.ndarray:
-    from ..postprocess import fill_holes_slicewise
-
-    return fill_holes_slicewise(mask)
 
 
 def _erode_mm(mask: np.ndarray, radius: float, spacing: np.ndarray) -> np.ndarray:
@@ -174,9 +169,7 @@ def is_brain_only(
     border = np.mean(np.concatenate([f.ravel() for f in faces]))
     if border > max_border_nonzero:
         return False
-    from ..postprocess import _box
-
-    box = _box(nz)
+    box = bounding_box(nz)
     main = _largest_component(nz[box])
     if main.sum() < 0.9 * n:
         return False
@@ -227,9 +220,7 @@ def brain_mask_nonzero(
     nz = a != 0
     if not nz.any():
         raise InputError("empty brain mask: the image has no non-zero voxel")
-    from ..postprocess import _box, fill_holes
-
-    box = _box(nz)
+    box = bounding_box(nz)
     lab, n = ndi.label(nz[box], ndi.generate_binary_structure(3, 1))
     sizes = np.bincount(lab.ravel())
     sizes[0] = 0
@@ -264,7 +255,7 @@ def _head_mask(image: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     if float(ls.max() - ls.min()) < 1e-6:
         raise InputError("empty brain mask: the image is constant, no head can be found")
     fg = ls > threshold_otsu(ls)
-    fg = _fill_holes_slicewise(fg)
+    fg = fill_holes_slicewise(fg)
     head = _largest_component(fg)
     return ndi.binary_fill_holes(head)
 
