@@ -26,9 +26,12 @@ log = logging.getLogger("segment")
 
 #: Voxels drawn (seeded) to fit the partial-volume model on several features.
 PV_MAX_SAMPLES = 12_000
-#: Bins of the histogram one feature's partial-volume model is fitted on when its values are
-#: not few enough for an exact histogram (bin width ~1/2000 of the range, far below the noise).
-PV_HIST_BINS = 2048
+#: Bins of the histogram both mixtures of one continuous feature are fitted on, and grid
+#: points (+1) their posteriors are evaluated at and interpolated from: the bin width is
+#: ~1/2000 of the clipped range (~0.005 SD of the brain's intensities), far below the noise.
+HIST_BINS = 2048
+#: Adjacent bins of that histogram merged for the partial-volume fit (HIST_BINS / 4 bins).
+PV_BIN_MERGE = 4
 #: Largest accepted move of a pure class mean from its plain-mixture estimate, in that class's SD.
 PV_MAX_DRIFT = 2.0
 
@@ -162,16 +165,34 @@ def fit_tissue_mixture(
     n_fit = int(np.count_nonzero(fit_rows))
     info: dict[str, object] = {"n_voxels": int(n), "n_fit_voxels": n_fit}
     fit_x, weights = features[fit_rows], None
-    uniq, inverse = None, None
-    if features.shape[1] == 1 and _few_distinct(features[:, 0], config.seed):
-        uniq, inverse = np.unique(features[:, 0], return_inverse=True)
-        if uniq.size <= max(n // 4, 1):
-            counts = np.bincount(inverse[fit_rows], minlength=uniq.size).astype(np.float64)
-            used = counts > 0
-            fit_x, weights = uniq[used][:, None].astype(np.float64), counts[used]
-            info["fit"] = f"histogram of {int(used.sum())} unique values"
-        else:
-            uniq = None
+    # One feature: fit on a histogram, predict on its values or grid and map back to voxels.
+    uniq, inverse, grid, pv_hist = None, None, None, None
+    if features.shape[1] == 1:
+        values = features[:, 0]
+        if _few_distinct(values, config.seed):
+            uniq, inverse = np.unique(values, return_inverse=True)
+            if uniq.size <= max(n // 4, 1):
+                counts = np.bincount(inverse[fit_rows], minlength=uniq.size).astype(np.float64)
+                used = counts > 0
+                fit_x, weights = uniq[used][:, None].astype(np.float64), counts[used]
+                info["fit"] = f"histogram of {int(used.sum())} unique values"
+            else:
+                uniq = inverse = None
+        if uniq is None and n > 4 * HIST_BINS:
+            lo, hi = float(values.min()), float(values.max())
+            if hi > lo:
+                grid = np.linspace(lo, hi, HIST_BINS + 1)
+                counts, _ = np.histogram(values[fit_rows], bins=grid)
+                used = counts > 0
+                fit_x = (0.5 * (grid[:-1] + grid[1:]))[used][:, None]
+                weights = counts[used].astype(np.float64)
+                info["fit"] = f"histogram of {n_fit} voxels in {HIST_BINS} bins"
+                # the partial-volume EM runs hundreds of iterations: it sees every
+                # PV_BIN_MERGE bins merged (still ~1/500 of the range, below the noise)
+                merged = counts.reshape(-1, PV_BIN_MERGE).sum(axis=1)
+                centres = (0.5 * (grid[:-1] + grid[1:])).reshape(-1, PV_BIN_MERGE)
+                centres = (centres * counts.reshape(-1, PV_BIN_MERGE)).sum(axis=1) / np.maximum(merged, 1)
+                pv_hist = (centres[merged > 0][:, None], merged[merged > 0].astype(np.float64))
     if weights is None and mc.max_samples is not None and n_fit > mc.max_samples:
         rng = np.random.default_rng(config.seed)
         fit_x = fit_x[np.sort(rng.choice(n_fit, size=mc.max_samples, replace=False))]
@@ -179,7 +200,12 @@ def fit_tissue_mixture(
     info.setdefault("fit", f"all {n_fit} voxels of the fit region")
     gmm.fit(fit_x, sample_weight=weights)
     classes = name_tissue_components(gmm.means_, modalities)
-    predict_x = uniq[:, None].astype(np.float64) if uniq is not None else features
+    if uniq is not None:
+        predict_x = uniq[:, None].astype(np.float64)
+    elif grid is not None:
+        predict_x = grid[:, None]
+    else:
+        predict_x = features
     if mc.partial_volume:
         from .mixture.partial_volume import PartialVolumeMixture
 
@@ -188,16 +214,11 @@ def fit_tissue_mixture(
         means0 = np.stack([np.average(gmm.means_[classes == c], axis=0, weights=w[classes == c]) for c in (1, 2, 3)])
         covs0 = np.stack([np.average(covs[classes == c], axis=0, weights=w[classes == c]) for c in (1, 2, 3)])
         # The partial-volume EM converges slowly (the pure means move a little each step), so
-        # it runs to a tight tolerance; without an exact histogram it is fitted on a fine
-        # histogram of the voxels (one feature) or on a seeded subset (several), which fix a
-        # handful of parameters as well as all voxels would.
-        pv_x, pv_w = fit_x, weights
-        if pv_w is None and pv_x.shape[1] == 1 and pv_x.shape[0] > PV_HIST_BINS:
-            counts, edges = np.histogram(pv_x[:, 0], bins=PV_HIST_BINS)
-            used = counts > 0
-            pv_x = (0.5 * (edges[:-1] + edges[1:]))[used][:, None]
-            pv_w = counts[used].astype(np.float64)
-        elif pv_w is None and pv_x.shape[0] > PV_MAX_SAMPLES:
+        # it runs to a tight tolerance; on one feature it is fitted on the same histogram as
+        # the mixture, on several on a seeded subset, which fixes a handful of parameters as
+        # well as all voxels would.
+        pv_x, pv_w = pv_hist if pv_hist is not None else (fit_x, weights)
+        if pv_w is None and pv_x.shape[0] > PV_MAX_SAMPLES:
             rng = np.random.default_rng(config.seed)
             pv_x = pv_x[np.sort(rng.choice(pv_x.shape[0], size=PV_MAX_SAMPLES, replace=False))]
         pv = PartialVolumeMixture(3, tol=1e-7, max_iter=1000, reg_covar=max(mc.reg_covar, 1e-6))
@@ -224,6 +245,8 @@ def fit_tissue_mixture(
         probs = class_probabilities(gmm.predict_proba(predict_x), classes)
     if uniq is not None:
         probs = probs[inverse]
+    elif grid is not None:
+        probs = interp_rows(features[:, 0], grid, probs)
     labels = (np.argmax(probs, axis=1) + 1).astype(np.uint8)
     info.update(
         n_iter=int(gmm.n_iter_),
@@ -234,6 +257,19 @@ def fit_tissue_mixture(
         component_weights=np.round(gmm.weights_, 4).tolist(),
     )
     return labels, probs.astype(np.float32), info
+
+
+def interp_rows(x: np.ndarray, grid: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Rows of ``table`` (given at the increasing, evenly spaced ``grid``) linearly interpolated
+    at every ``x`` (clamped to the grid's ends): posteriors of millions of voxels of one
+    feature from a few thousand evaluations, as smooth functions of the intensity."""
+    from .mixture._pv_kernels import interp_rows as kernel
+
+    out = np.empty((x.shape[0], table.shape[1]), dtype=np.float32)
+    step = (grid[-1] - grid[0]) / (grid.size - 1)
+    kernel(np.ascontiguousarray(x, dtype=np.float64), float(grid[0]), float(step),
+           np.ascontiguousarray(table, dtype=np.float64), out)
+    return out
 
 
 def _few_distinct(values: np.ndarray, seed: int, probe: int = 20_000) -> bool:

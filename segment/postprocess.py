@@ -32,6 +32,27 @@ def fill_holes_slicewise(mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def fill_holes_nd(mask: np.ndarray) -> np.ndarray:
+    """Fill the holes of a mask: background not face-connected (6-connected in 3-D) to the
+    array's border.
+
+    The same result as ``scipy.ndimage.binary_fill_holes`` with its default structure, from one
+    connected-component labelling instead of a dilation repeated until nothing changes (a few
+    times faster on a brain).
+
+    Examples
+    --------
+    >>> m = np.ones((4, 4, 4), bool); m[1:3, 1:3, 1:3] = False
+    >>> int(fill_holes_nd(m).sum()), int(fill_holes_nd(m[:, :, :2]).sum())  # the cut hole is open
+    (64, 28)
+    """
+    mask = np.asarray(mask, dtype=bool)
+    padded = np.pad(mask, 1)
+    comp, _ = ndi.label(~padded)
+    inside = comp != comp[(0,) * comp.ndim]
+    return inside[(slice(1, -1),) * comp.ndim]
+
+
 def fill_holes(mask: np.ndarray) -> np.ndarray:
     """Fill enclosed holes of a 3-D mask, then of every axial slice (ventricles that touch the
     mask edge in 3-D are closed in 2-D).
@@ -55,7 +76,7 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
         return mask.copy()
     out = np.zeros_like(mask)
     box = bounding_box(mask)
-    out[box] = ndi.binary_fill_holes(mask[box])
+    out[box] = fill_holes_nd(mask[box])
     return fill_holes_slicewise(out)
 
 

@@ -173,3 +173,34 @@ def test_unknown_config_key_is_one_clear_error():
         config_from_dict({"preprocess": {"skullstrip": "sometimes"}})
     with pytest.raises(ConfigError, match="mixture.n_components"):
         config_from_dict({"mixture": {"n_components": 1}})
+
+
+def test_one_feature_histogram_fit_labels_like_a_fit_on_every_voxel():
+    """The one-feature path (mixtures fitted on a 2048-bin histogram, posteriors interpolated
+    from its grid) labels almost every voxel as the plain mixture and partial-volume model
+    evaluated on every voxel would."""
+    from segment.config import config_from_dict
+    from segment.mixture.gmm import GaussianMixture
+    from segment.pipeline import fit_tissue_mixture, interp_rows
+
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(-2.0, 0.5, 40_000), rng.normal(0.0, 0.4, 90_000),
+                        rng.normal(1.5, 0.35, 110_000)])[:, None]
+    for pv in (False, True):
+        cfg = config_from_dict({"mixture": {"partial_volume": pv}})
+        labels, probs, info = fit_tissue_mixture(x, ["t1"], cfg)
+        assert info["fit"].startswith("histogram of 240000 voxels")
+        assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+        if not pv:
+            ref = GaussianMixture(3, random_state=0, tol=1e-4).fit(x)
+            order = np.argsort(ref.means_[:, 0])
+            ref_labels = np.argsort(order)[ref.predict(x)] + 1
+            assert np.mean(labels == ref_labels) > 0.998
+        # class means follow intensity whatever the path
+        means = [x[labels == c, 0].mean() for c in (1, 2, 3)]
+        assert means[0] < means[1] < means[2]
+    grid = np.linspace(-1.0, 1.0, 5)
+    table = np.stack([grid, grid**2], axis=1)
+    out = interp_rows(np.array([-2.0, -0.25, 0.1, 3.0]), grid, table)
+    assert np.allclose(out[:, 0], [-1.0, -0.25, 0.1, 1.0], atol=1e-6)
+    assert np.allclose(out[:, 1], [1.0, 0.125, 0.05, 1.0], atol=1e-6)

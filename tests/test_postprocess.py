@@ -87,3 +87,15 @@ def test_fill_holes_3d_and_per_slice():
 def test_fill_holes_empty_mask():
     e = np.zeros((4, 4, 4), bool)
     assert not fill_holes(e).any() and not fill_holes_slicewise(e).any()
+
+
+def test_fill_holes_nd_matches_scipy_in_2d_and_3d():
+    from scipy import ndimage as ndi
+
+    from segment.postprocess import fill_holes_nd
+
+    rng = np.random.default_rng(7)
+    for _ in range(150):
+        shape = tuple(int(s) for s in rng.integers(1, 11, size=rng.choice([2, 3])))
+        m = rng.random(shape) < rng.uniform(0.3, 0.95)
+        assert np.array_equal(fill_holes_nd(m), ndi.binary_fill_holes(m))

@@ -58,6 +58,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..config import TumorConfig
+from ..postprocess import fill_holes_nd
 from ..types import MODALITIES
 
 __all__ = ["TumorResult", "tumor_regions_possible", "should_run_tumor", "segment_tumor", "TUMOR_LABELS"]
@@ -223,14 +224,14 @@ def _smooth_aniso(img: np.ndarray, mask: np.ndarray, sigma_mm: Sequence[float], 
 
 def _fill_holes_all_axes(mask: np.ndarray) -> np.ndarray:
     """Holes filled in 3-D, then in every slice along each of the three axes."""
-    out = ndi.binary_fill_holes(mask)
+    out = fill_holes_nd(mask)
     for ax in range(3):
         idx = np.flatnonzero(out.any(axis=tuple(a for a in range(3) if a != ax)))
         for i in idx:
             sl = [slice(None)] * 3
             sl[ax] = i
             sl = tuple(sl)
-            out[sl] |= ndi.binary_fill_holes(out[sl])
+            out[sl] |= fill_holes_nd(out[sl])
     return out
 
 
@@ -484,7 +485,7 @@ def segment_tumor(
             region = _dilate_mm(wt0, cfg.et_margin_mm, spacing) & m
         else:
             # T1c alone: bright healthy white matter borders the lesion, so no margin
-            region = ndi.binary_fill_holes(wt0) & m
+            region = fill_holes_nd(wt0) & m
         # with T1 the enhancement of healthy tissue is ~0: a shell of normal brain anchors the
         # non-enhancing reference even when the lesion is mostly enhancing rim and core
         ref_region = (_dilate_mm(region, cfg.et_ref_shell_mm, spacing) & m) if "t1" in f else region
@@ -540,7 +541,7 @@ def segment_tumor(
 
     # ---- 5. clean-up -------------------------------------------------------------------
     wt = wt0 | et | ncr
-    filled = ndi.binary_fill_holes(wt)
+    filled = fill_holes_nd(wt)
     holes = filled & ~wt
     csf_like = f["flair"] < cfg.csf_flair_z
     wt = (wt | (holes & ~csf_like)) & m

@@ -106,3 +106,25 @@ def pv_fractions(X, means, pchol, lconst, design, out):
                 for j in range(J):
                     v += lp[j] * design[j, k]
                 out[i, k] = v / tot
+
+
+@njit(parallel=True, cache=True)
+def interp_rows(x, lo, step, table, out):
+    """``out[i] = table`` linearly interpolated at ``x[i]`` on the grid ``lo + k * step``
+    (clamped to its ends); ``table`` (G, C), ``out`` (n, C) float32."""
+    n = x.shape[0]
+    G, C = table.shape
+    nch = (n + CHUNK - 1) // CHUNK
+    for c in prange(nch):
+        for i in range(c * CHUNK, min(n, (c + 1) * CHUNK)):
+            pos = (x[i] - lo) / step
+            if pos <= 0.0:
+                pos = 0.0
+            elif pos >= G - 1:
+                pos = G - 1.0
+            k = int(pos)
+            if k > G - 2:
+                k = G - 2
+            t = pos - k
+            for j in range(C):
+                out[i, j] = (1.0 - t) * table[k, j] + t * table[k + 1, j]

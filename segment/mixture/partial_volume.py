@@ -109,9 +109,7 @@ class PartialVolumeMixture:
         counts = np.bincount(self.groups_, minlength=self.n_classes + len(self.pairs_))
         log_w = np.log(np.maximum(self.class_weights_[self.groups_] / counts[self.groups_], 1e-300))
         d = means.shape[1]
-        pchol = np.empty_like(covs)
-        for j in range(covs.shape[0]):
-            pchol[j] = np.linalg.inv(np.linalg.cholesky(covs[j])).T
+        pchol = np.swapaxes(np.linalg.inv(np.linalg.cholesky(covs)), 1, 2)
         logdet = np.log(np.diagonal(pchol, axis1=1, axis2=2)).sum(axis=1)
         return (
             np.ascontiguousarray(means),

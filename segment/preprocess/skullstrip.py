@@ -37,7 +37,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
 from segment.errors import InputError
-from segment.postprocess import bounding_box, fill_holes, fill_holes_slicewise
+from segment.postprocess import bounding_box, fill_holes, fill_holes_nd, fill_holes_slicewise
 
 __all__ = [
     "is_brain_only",
@@ -173,7 +173,7 @@ def is_brain_only(
     main = _largest_component(nz[box])
     if main.sum() < 0.9 * n:
         return False
-    filled = ndi.binary_fill_holes(main)
+    filled = fill_holes_nd(main)
     if main.sum() < min_fill * filled.sum():
         return False
     # the zero region must surround the brain: what is not the filled brain is (mostly) zero
@@ -257,7 +257,7 @@ def _head_mask(image: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     fg = ls > threshold_otsu(ls)
     fg = fill_holes_slicewise(fg)
     head = _largest_component(fg)
-    return ndi.binary_fill_holes(head)
+    return fill_holes_nd(head)
 
 
 def _robust_stats(values: np.ndarray) -> tuple[float, float, float]:
@@ -444,11 +444,11 @@ def skullstrip(
 
     # 5. reconstruction of the brain around the seed
     brain = _dilate_mm(seed, erosion_mm + 0.5 * float(sp.min()), sp) & cand
-    brain = ndi.binary_fill_holes(_largest_component(brain))
-    brain = ndi.binary_fill_holes(_close_mm(brain, closing_mm, sp))
+    brain = fill_holes_nd(_largest_component(brain))
+    brain = fill_holes_nd(_close_mm(brain, closing_mm, sp))
     brain = _largest_component(_open_mm(brain, opening_mm, sp))
     brain = _dilate_mm(brain, rim_mm, sp) & head
-    brain = ndi.binary_fill_holes(brain)
+    brain = fill_holes_nd(brain)
     if not brain.any():
         raise InputError("empty brain mask: skull stripping removed every voxel")
 
