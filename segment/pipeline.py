@@ -99,7 +99,7 @@ def normalize_step(loaded: LoadedCase, mask: np.ndarray, config: Config) -> dict
 
             data = n4_correct(
                 data, mask, loaded.spacing, shrink=pp.n4.shrink,
-                iterations=pp.n4.iterations, convergence=pp.n4.convergence,
+                iterations=pp.n4.iterations, convergence=pp.n4.convergence, method=pp.n4.method,
             )
         # voxels outside the field of view of a resampled series are 0 there; they stay in
         # the mask (the reference defines the brain) and take the clipped low value.
