@@ -185,7 +185,9 @@ def mrf_smooth(
         return q
 
     # work on the mask's bounding box (+1 voxel is not needed: outside voxels never vote)
-    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(mask))
+    from ..postprocess import bounding_box
+
+    box = bounding_box(mask, pad=0)
     sub = mask[box]
     idx = np.full(sub.shape, -1, dtype=np.int32)
     idx[sub] = np.arange(n, dtype=np.int32)  # C order of the box = C order of the volume

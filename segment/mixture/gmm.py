@@ -15,6 +15,7 @@ import numpy as np
 
 from segment.errors import ConvergenceWarning, SegmentError
 from segment.mixture import _kernels as K_
+from segment.mixture._threads import run_parallel
 
 __all__ = ["GaussianMixture", "unique_with_counts", "FitError"]
 
@@ -489,7 +490,7 @@ class GaussianMixture:
         stats = np.empty((ngroups, K, 1 + D + D * (D + 1) // 2))
         ll = np.empty(ngroups)
         wk = self._wk if w is not None else np.empty(0, dtype=dt)
-        K_.em_pass(Xt, wk, means, pchol, lconst, fc, ic, stats, ll)
+        run_parallel(K_.em_pass, ngroups, Xt, wk, means, pchol, lconst, fc, ic, stats, ll)
         tot = stats[0].copy()
         for g in range(1, ngroups):  # merge in group order: deterministic
             tot += stats[g]
@@ -689,7 +690,8 @@ class GaussianMixture:
         r = np.empty((n, K) if resp else (0, K), dtype=dt)
         lp = np.empty(n if lpn else 0, dtype=dt)
         lab = np.empty(n if labels else 0, dtype=np.int64)
-        K_.score_pass(Xt, means, pchol, lconst, fc, ic, r, lp, lab)
+        n_groups = -(-n // (K_.CHUNK * K_.GROUP))
+        run_parallel(K_.score_pass, n_groups, Xt, means, pchol, lconst, fc, ic, r, lp, lab)
         return r, lp, lab
 
     def _prepare(self, X):
@@ -1008,7 +1010,7 @@ def _kmeans(Xt, w, K, rs, max_iter=300, tol=1e-4):
 
     def assign(c):
         cpad[:, :d] = c
-        K_.kmeans_pass(Xt, wk, cpad, fc, labels, mind, sums)
+        run_parallel(K_.kmeans_pass, ngroups, Xt, wk, cpad, fc, labels, mind, sums)
         tot = sums[0].copy()
         for g in range(1, ngroups):  # merge in group order: deterministic
             tot += sums[g]

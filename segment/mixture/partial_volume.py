@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import ConvergenceWarning
 from . import _pv_kernels as K
+from ._threads import run_parallel
 
 _LOG_2PI = np.log(2 * np.pi)
 
@@ -182,7 +183,7 @@ class PartialVolumeMixture:
                 if np.sqrt(np.einsum("cf,cfg,cg->c", diff, prec0, diff)).max() > max_drift:
                     self.drifted_ = True
                     break
-            K.pv_estep_stats(X, w, *self._kernel_params(), nk, s1, s2, ll)
+            run_parallel(K.pv_estep_stats, nch, X, w, *self._kernel_params(), nk, s1, s2, ll)
             lb = float(ll.sum() / wsum)
             self.n_iter_ = it
             self.lower_bound_ = lb
@@ -227,7 +228,8 @@ class PartialVolumeMixture:
         if X.ndim == 1:
             X = X[:, None]
         out = np.empty((X.shape[0], self.n_classes))
-        K.pv_fractions(X, *self._kernel_params(), np.ascontiguousarray(self.design_), out)
+        nch = (X.shape[0] + K.CHUNK - 1) // K.CHUNK
+        run_parallel(K.pv_fractions, nch, X, *self._kernel_params(), np.ascontiguousarray(self.design_), out)
         return out
 
     def predict(self, X: np.ndarray) -> np.ndarray:
