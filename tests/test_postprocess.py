@@ -99,3 +99,24 @@ def test_fill_holes_nd_matches_scipy_in_2d_and_3d():
         shape = tuple(int(s) for s in rng.integers(1, 11, size=rng.choice([2, 3])))
         m = rng.random(shape) < rng.uniform(0.3, 0.95)
         assert np.array_equal(fill_holes_nd(m), ndi.binary_fill_holes(m))
+
+
+def test_small_island_detection_matches_per_label_connected_components():
+    from scipy import ndimage as ndi
+
+    from segment.postprocess import _small_islands
+
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        shape = tuple(int(s) for s in rng.integers(2, 14, size=3))
+        lab = rng.integers(1, 4, size=shape).astype(np.uint8)
+        lab = ndi.median_filter(lab, size=2)  # some larger blobs next to specks
+        mask = rng.random(shape) < 0.9
+        min_vox = int(rng.integers(2, 12))
+        want = np.zeros(shape, bool)
+        for c in (1, 2, 3):
+            comp, n = ndi.label((lab == c) & mask)
+            sizes = np.bincount(comp.ravel())
+            sizes[0] = np.iinfo(np.int64).max
+            want |= (sizes < min_vox)[comp]
+        assert np.array_equal(_small_islands(lab, mask, np.int64(min_vox)), want)
