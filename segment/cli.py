@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("skullstrip", help="write a brain mask for one image")
     p.add_argument("image", type=Path)
     p.add_argument("--out", "-o", type=Path, required=True, help="mask file (.nii.gz)")
+    p.add_argument("--modality", choices=["t1", "t1c", "t2", "flair"], default=None,
+                   help="the image's contrast (sets the brain intensity range); default: from the file name "
+                   "(e.g. sub-01_T2w.nii.gz, flair.nii.gz), else t1")
 
     p = sub.add_parser(
         "evaluate", help="compare a label map with a ground truth (JSON), or two folders (report.csv)",
@@ -147,7 +150,13 @@ def cmd_skullstrip(args: argparse.Namespace) -> int:
     if is_brain_only(ras.data):
         mask = brain_mask_nonzero(ras.data, ras.spacing)
     else:
-        mask = skullstrip([ras.data], ras.spacing)
+        modality = args.modality
+        if modality is None:
+            from .io.cases import classify_file
+
+            kind = classify_file(args.image.name)
+            modality = kind[1] if kind and kind[0] == "image" else "t1"
+        mask = skullstrip([ras.data], ras.spacing, modalities=[modality])
     mask = fill_holes(mask)
     if not mask.any():
         raise SegmentError(f"{args.image}: empty brain mask")

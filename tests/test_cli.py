@@ -131,6 +131,25 @@ def test_skullstrip_command(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["brain_volume_ml"] > 0
 
 
+def test_skullstrip_command_takes_the_contrast_from_the_name_or_flag(tmp_path, capsys):
+    ph = make_phantom(2, shape=(64, 76, 64), spacing=(3.0, 3.0, 3.0), skull=True)
+    src = write_phantom_case(tmp_path, ph, "head")
+
+    def dice_of(extra):
+        out = tmp_path / "mask.nii.gz"
+        assert main(["skullstrip", str(src / "flair.nii.gz"), "--out", str(out), *extra]) == 0
+        m = np.asarray(nib.load(str(out)).dataobj) > 0
+        return 2 * (m & ph.brain_mask).sum() / (m.sum() + ph.brain_mask.sum())
+
+    by_name, as_flair, as_t1 = dice_of([]), dice_of(["--modality", "flair"]), dice_of(["--modality", "t1"])
+    assert by_name == as_flair > 0.9  # flair.nii.gz is read as FLAIR
+    assert as_t1 < as_flair  # a T1 intensity range on a FLAIR loses grey matter
+    with pytest.raises(SystemExit) as exc:
+        main(["skullstrip", str(src / "flair.nii.gz"), "--out", str(tmp_path / "x.nii.gz"), "--modality", "pd"])
+    assert exc.value.code == 2
+    capsys.readouterr()
+
+
 def test_evaluate_prints_metrics(tmp_path, capsys):
     gt = np.zeros((10, 10, 10), np.uint8)
     gt[2:6, 2:6, 2:6] = 1

@@ -8,20 +8,30 @@ Two situations are handled:
 * Images with skull, scalp, eyes and neck go through :func:`skullstrip`, a morphological method
   that works in millimetres so thick (5 mm) slices and isotropic 1 mm volumes behave alike:
 
-  1. head mask: Otsu threshold of the smoothed log image, slice-wise and 3-D hole filling,
-     largest component; its Euclidean depth map (distance to air, in mm);
-  2. brain-tissue intensity model per series: median and MAD of the deepest part of the head
-     (depth >= half the maximum depth), which is mostly brain whatever the contrast;
+  1. head mask: Otsu threshold of the smoothed log image taken relative to the image's offset
+     (estimated from the air as a shifted Rayleigh, so an intensity offset changes nothing and
+     noise is not mistaken for one), 3-D hole filling sealed
+     where the field of view cuts the head, largest component; its Euclidean depth map (distance
+     to air, in mm). Air cavities open to the outside (nasal airway, sinuses connected to it)
+     stay air, so the face around them is shallow and does not seed the brain. No array axis
+     is special in this step;
+  2. brain-tissue intensity model per series: median and MAD of the lightly smoothed image
+     (the one the thresholds are applied to) in the deepest part of the head (depth >= half the
+     maximum depth), which is mostly brain whatever the contrast; the MAD is floored at 12 % of
+     the median above the offset;
   3. brain-tissue candidate voxels: every series inside a modality-aware range around its brain
      median (fat-bright scalp and marrow excluded on T1/T1c/FLAIR, dark bone excluded everywhere;
-     bright CSF allowed on T2);
+     bright CSF allowed on T2; on FLAIR the upper bound uses the floored SD, since grey matter
+     is brighter than the white-matter-rich deep median);
   4. seed: candidate voxels deeper than ``seed_depth_mm`` in the head, eroded by ``erosion_mm``
      (this cuts the thin bridges between brain and scalp, eyes, muscles), largest component, and
      with the vertex visible, anything more than ``max_brain_height_mm`` below the seed's top
-     (neck) removed;
+     (neck) removed (the only step that needs axis 2 to point superior);
   5. reconstruction: the seed dilated back by the erosion radius inside the candidate, holes
-     filled, a closing that takes in sulci, CSF and tumors touching the surface, an opening that
-     drops thin attached shells, and a dilation of ``rim_mm`` for the outer CSF rim (the mask edge
+     filled, a closing that takes in sulci, CSF and tumors touching the surface, an opening by
+     reconstruction (largest component of the mask eroded by ``opening_mm``, dilated back inside
+     the mask) that drops thin attached shells and parts attached through necks narrower than
+     twice that radius, and a dilation of ``rim_mm`` for the outer CSF rim (the mask edge
      of tools such as HD-BET lies on the inner table of the skull).
 
 Tumors inside the brain are kept by the hole filling and closing: they may fall outside the
@@ -37,7 +47,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
 from segment.errors import InputError
-from segment.postprocess import bounding_box, fill_holes, fill_holes_nd, fill_holes_slicewise
+from segment.postprocess import bounding_box, fill_holes, fill_holes_nd
 
 __all__ = [
     "is_brain_only",
@@ -54,6 +64,11 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "flair": (3.5, 2.5),
     "t2": (2.0, None),
 }
+# Contrasts where grey matter is brighter than white matter: the upper bound of the range (around
+# a deep, white-matter-rich median) uses the floored SD so grey matter stays inside it. On T1/T1c
+# grey matter is darker than white matter and the upper bound keeps the plain MAD (it must
+# exclude fat, marrow and enhancing vessels just above white matter).
+_GM_ABOVE_WM = frozenset({"flair", "t2"})
 # Which series leads the geometry (head mask, depth), best first.
 _PRIMARY_ORDER = ("t1c", "t1", "flair", "t2")
 _ALIASES = {
@@ -93,10 +108,6 @@ def _close_mm(mask: np.ndarray, radius: float, spacing: np.ndarray) -> np.ndarra
     m = np.pad(mask, pad)
     m = _erode_mm(_dilate_mm(m, radius, spacing), radius, spacing)
     return m[tuple(slice(p[0], p[0] + n) for p, n in zip(pad, mask.shape))]
-
-
-def _open_mm(mask: np.ndarray, radius: float, spacing: np.ndarray) -> np.ndarray:
-    return _dilate_mm(_erode_mm(mask, radius, spacing), radius, spacing)
 
 
 def _check_spacing(spacing) -> np.ndarray:
@@ -243,29 +254,92 @@ def _canonical_modality(name: str | None) -> str | None:
     return _ALIASES.get(key, key)
 
 
-def _head_mask(image: np.ndarray, spacing: np.ndarray) -> np.ndarray:
-    pos = image[image > 0]
+def _fill_holes_sealed(mask: np.ndarray) -> np.ndarray:
+    """Fill the holes of a head mask in 3-D, sealing it where the field of view cuts the head.
+
+    Background counts as outside (air) when it is connected to the array border. Where the
+    head itself touches a face of the array (the field of view cuts the neck or the vertex),
+    that face is closed by the head's 2-D hole-filled footprint, so dark tissue that reaches the
+    cut (bone, CSF, an airway cut at the bottom) is filled but air that reaches the open air
+    elsewhere (nasal airway through the nostrils, the outside) is not. No axis plays a special
+    role, so the result does not depend on how the array is oriented.
+    """
+    m = np.pad(mask, 1)
+    for ax in range(3):
+        for k in (0, -1):
+            face = np.take(mask, k, axis=ax)
+            if face.any():
+                idx = [slice(1, -1)] * 3
+                idx[ax] = k
+                m[tuple(idx)] = fill_holes_nd(face)
+    lab, _ = ndi.label(~m)
+    shell = np.zeros(m.shape, dtype=bool)
+    shell[[0, -1]] = True
+    shell[:, [0, -1]] = True
+    shell[:, :, [0, -1]] = True
+    outside = np.unique(lab[shell])
+    return ~np.isin(lab, outside[outside > 0])[1:-1, 1:-1, 1:-1]
+
+
+def _foreground(image: np.ndarray, spacing: np.ndarray, offset: float) -> np.ndarray:
+    shifted = image - offset
+    pos = shifted[shifted > 0]
     if pos.size == 0:
         raise InputError("empty brain mask: the image has no positive voxel")
     scale = float(np.percentile(pos, 99.5))
     if not scale > 0:
         raise InputError("empty brain mask: the image is constant")
-    x = np.clip(image / scale, 0.0, None)
+    x = np.clip(shifted / scale, 0.0, None)
     ls = np.log1p(ndi.gaussian_filter(x, 1.5 / spacing) * 100.0)
     if float(ls.max() - ls.min()) < 1e-6:
         raise InputError("empty brain mask: the image is constant, no head can be found")
     fg = ls > threshold_otsu(ls)
-    fg = fill_holes_slicewise(fg)
-    head = _largest_component(fg)
-    return fill_holes_nd(head)
+    # fill before taking the largest component: a scalp shell separated from the brain by dark
+    # bone and CSF encloses them
+    return _largest_component(_fill_holes_sealed(fg))
 
 
-def _robust_stats(values: np.ndarray) -> tuple[float, float, float]:
-    """Median, robust SD (1.4826 MAD) and a floored SD for the lower bound."""
+def _air_offset(values: np.ndarray) -> float:
+    """Additive intensity offset of an image, from its air voxels (outside the head).
+
+    Magnitude MR air is Rayleigh noise: its 5th percentile and median are 0.3203 and 1.1774
+    times the noise sigma. A shifted Rayleigh fitted to those two quantiles gives the shift,
+    about 0 for an ordinary scan however noisy it is, and the offset when one was added to the
+    whole image. Exact zeros (padding, zero-filled background) are left out: they are not
+    measurements.
+    """
+    v = values[values != 0]
+    if v.size < 1000:
+        return 0.0
+    p5, p50 = np.percentile(v, [5.0, 50.0])
+    sigma = max(float(p50 - p5), 0.0) / (1.1774 - 0.3203)
+    return float(p5 - 0.3203 * sigma)
+
+
+def _head_mask(image: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, float]:
+    """Head mask (Otsu threshold of the smoothed log intensity, holes filled, largest component)
+    and the image's intensity offset (:func:`_air_offset`); with an offset the mask is made again
+    on the image minus the offset, so an offset added to the whole image changes nothing."""
+    head = _foreground(image, spacing, 0.0)
+    offset = _air_offset(image[~head])
+    top = float(np.percentile(image[head], 99.5)) if head.any() else 0.0
+    if abs(offset) > 0.01 * abs(top - offset):
+        head = _foreground(image, spacing, offset)
+        offset = _air_offset(image[~head])
+    return head, offset
+
+
+def _robust_stats(values: np.ndarray, offset: float = 0.0) -> tuple[float, float, float]:
+    """Median, robust SD (1.4826 MAD) and floored robust SD of the deep-head intensities.
+
+    The floor (12 % of the median above the image's offset) keeps the range wide enough when
+    the deep head is nearly pure white matter (a small MAD): grey matter lies below white matter
+    on T1 and above it on FLAIR. It is measured from the offset, not from 0, so it does not change
+    when an offset is added to the image.
+    """
     med = float(np.median(values))
     mad = max(1.4826 * float(np.median(np.abs(values - med))), 1e-6)
-    # floor: a deep region of nearly pure white matter must not exclude grey matter
-    return med, mad, max(mad, 0.12 * abs(med))
+    return med, mad, max(mad, 0.12 * abs(med - offset))
 
 
 def _block_mean(a: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:
@@ -282,7 +356,7 @@ def skullstrip(
     erosion_mm: float = 5.0,
     seed_depth_mm: float = 10.0,
     closing_mm: float = 6.0,
-    opening_mm: float = 4.0,
+    opening_mm: float = 6.0,
     rim_mm: float = 1.5,
     max_brain_height_mm: float = 140.0,
     secondary_widening: float = 1.5,
@@ -293,7 +367,10 @@ def skullstrip(
     Parameters
     ----------
     images : ndarray of shape (X, Y, Z) or sequence of them
-        The series, all on one common grid, in RAS array orientation (axis 2 points superior).
+        The series, all on one common grid, in RAS array orientation (axis 2 points superior),
+        as :func:`segment.io.nifti.reorient_to_ras` gives them. Only the neck rule
+        (``max_brain_height_mm``) uses the axis order; everything else works the same on any
+        axis order or flip.
         Voxels exactly 0 inside the head in a secondary series are treated as outside its field
         of view and ignored for that series.
     spacing : sequence of 3 float
@@ -311,7 +388,9 @@ def skullstrip(
     closing_mm : float
         Closing radius (mm) that takes sulci, surface CSF and tumors at the surface into the mask.
     opening_mm : float
-        Opening radius (mm) that removes thin shells still attached to the brain.
+        Radius (mm) of the opening by reconstruction that removes thin shells and parts attached
+        to the brain through necks narrower than twice the radius (the brain's own narrowest
+        parts, such as the brainstem, are wider).
     rim_mm : float
         Final dilation (mm) adding the CSF rim up to the inner table of the skull.
     secondary_widening : float
@@ -383,7 +462,7 @@ def skullstrip(
     primary = order[0]
 
     # 1. head mask and depth, on the head's bounding box (speed on large grids)
-    head_full = _head_mask(imgs[primary], sp)
+    head_full, offset = _head_mask(imgs[primary], sp)
     if head_full.sum() * np.prod(sp) < 50_000:  # < 50 mL: no head here
         raise InputError("empty brain mask: no head found in the image (foreground < 50 mL)")
     idx = np.nonzero(head_full)
@@ -404,20 +483,27 @@ def skullstrip(
     cand = head.copy()
     votes = np.zeros(head.shape, dtype=np.float32)
     n_votes = np.zeros(head.shape, dtype=np.float32)
+    min_core = int(np.ceil(1000.0 / float(np.prod(sp))))  # voxels in 1 mL
     for i, (im, mod) in enumerate(zip(crops, mods)):
         valid = (im != 0) if i != primary else np.ones_like(head)
         sel = core & valid
-        if sel.sum() < 100:
+        if sel.sum() < min_core:
             continue  # this series does not cover the head's centre: ignore it
-        med, sd, sd_lo = _robust_stats(im[sel])
+        # the thresholds apply to the lightly smoothed image, so its statistics are used
+        sm = ndi.gaussian_filter(im, 0.5 / sp)
+        if i == primary:
+            im_off = offset
+        else:  # its own offset, from its air
+            im_off = _air_offset(imgs[i][~head_full])
+        med, sd, sd_lo = _robust_stats(sm[sel], im_off)
+        sd_hi = sd_lo if mod in _GM_ABOVE_WM else sd
         lo, hi = _RANGES.get(mod or "t1", _RANGES["t1"])
         widen = 1.0 if i == primary else secondary_widening
-        sm = ndi.gaussian_filter(im, 0.5 / sp)
         ok = np.ones_like(head)
         if lo is not None:
             ok &= sm > med - widen * lo * sd_lo
         if hi is not None:
-            ok &= sm < med + widen * hi * sd
+            ok &= sm < med + widen * hi * sd_hi
         if i == primary:
             cand &= ok
         else:
@@ -446,7 +532,12 @@ def skullstrip(
     brain = _dilate_mm(seed, erosion_mm + 0.5 * float(sp.min()), sp) & cand
     brain = fill_holes_nd(_largest_component(brain))
     brain = fill_holes_nd(_close_mm(brain, closing_mm, sp))
-    brain = _largest_component(_open_mm(brain, opening_mm, sp))
+    # opening by reconstruction: the largest component of the eroded mask, dilated back inside
+    # the mask; parts attached through necks narrower than twice the radius (orbits, skull-base
+    # tissue) are cut off at the eroded stage and are not re-attached by the dilation
+    kept = _largest_component(_erode_mm(brain, opening_mm, sp), connectivity=3)
+    if kept.any():
+        brain = _largest_component(_dilate_mm(kept, opening_mm, sp) & brain)
     brain = _dilate_mm(brain, rim_mm, sp) & head
     brain = fill_holes_nd(brain)
     if not brain.any():
