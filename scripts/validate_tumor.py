@@ -57,12 +57,14 @@ rejected as a small non-enhancing secondary lesion); a few ET specks along the r
 (axial ~88) are probably enhancing veins / choroid plexus.
 """,
     "tcia_raw": """
-**What the overlays show.** The raw exam's series are resampled onto the T1 grid by physical coordinates
-only; they are *not* co-registered, and the lesion does not sit at the same place in every series (the
-T2/T1c ring lies medial to the FLAIR ring, by about a centimetre). WT follows the left-frontal FLAIR lesion
-correctly (FLAIR-bright bands on the posterior brain surface, skull-strip residue, are rejected as surface
-lesions or are too thin to seed), but ET/NCR built from T1c - T1 at FLAIR's place are not meaningful here. Register the
-series (rigid) before trusting sub-regions on unregistered clinical data.
+**What the overlays show.** The raw exam's series are rigidly registered onto the T1 grid and resampled
+(`load_case`, registration auto: t2 and flair had moved 15-17 mm and 8-14 degrees). The left frontal
+ring-enhancing lesion then lies at the same place in FLAIR, T1c, T2 and T1 (axial 15-20). ET follows the
+enhancing wall on T1c (axial 18-19), NCR fills the non-enhancing centre it encloses, ED the FLAIR-bright
+rim around the ring. Doubtful parts: ET contours also run along the lateral cortical surface next to the
+lesion (axial 15-16; enhancing vessels or dura at the surface) and a few 1-2 voxel ED specks sit on the
+5.5 mm slices around it. The whole exam through `segment run` (mask, tissue, tumor):
+docs/validation_clinical.md.
 """,
 }
 LIMITATIONS = """
