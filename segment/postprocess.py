@@ -126,7 +126,10 @@ def remove_small_islands(
 
 
 def _relabel_small(labels: np.ndarray, mask: np.ndarray, spacing, min_vox: int) -> np.ndarray:
-    small = _small_islands(np.ascontiguousarray(labels), np.ascontiguousarray(mask), np.int64(min_vox))
+    n = labels.size
+    itype = np.int32 if n < np.iinfo(np.int32).max else np.int64  # half the memory on real grids
+    small = _small_islands(np.ascontiguousarray(labels), np.ascontiguousarray(mask), np.int64(min_vox),
+                           np.empty(n, dtype=itype), np.zeros(n, dtype=itype))
     if not small.any():
         return labels.copy()
     keep = mask & ~small
@@ -149,15 +152,15 @@ def _find(parent, i):
 
 
 @njit(cache=True)
-def _small_islands(labels, mask, min_vox):
+def _small_islands(labels, mask, min_vox, parent, size):
     """Voxels of ``mask`` whose 6-connected same-label component has fewer than ``min_vox``
     voxels: one union-find pass over the volume (every label at once) instead of a labelling
-    per label."""
+    per label. ``parent`` and ``size`` are work arrays of ``labels.size`` integers (``size``
+    zeroed)."""
     X, Y, Z = labels.shape
     n = X * Y * Z
     flat = labels.ravel()
     m = mask.ravel()
-    parent = np.empty(n, dtype=np.int64)
     for i in range(n):
         parent[i] = i
     sy = Z
@@ -177,7 +180,6 @@ def _small_islands(labels, mask, min_vox):
                                 parent[b] = a
                             else:
                                 parent[a] = b
-    size = np.zeros(n, dtype=np.int64)
     for i in range(n):
         if m[i]:
             size[_find(parent, i)] += 1

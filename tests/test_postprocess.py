@@ -119,4 +119,6 @@ def test_small_island_detection_matches_per_label_connected_components():
             sizes = np.bincount(comp.ravel())
             sizes[0] = np.iinfo(np.int64).max
             want |= (sizes < min_vox)[comp]
-        assert np.array_equal(_small_islands(lab, mask, np.int64(min_vox)), want)
+        for itype in (np.int32, np.int64):
+            got = _small_islands(lab, mask, np.int64(min_vox), np.empty(lab.size, itype), np.zeros(lab.size, itype))
+            assert np.array_equal(got, want)
