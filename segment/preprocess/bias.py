@@ -32,7 +32,6 @@ def n4_correct(
     fitting_levels: int | None = None,
     convergence: float = 1e-4,
     method: Literal["native", "simpleitk"] = "native",
-    seed: int = 0,
 ) -> np.ndarray:
     """N4 bias-field correction, estimated on a shrunk copy and applied at full resolution.
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from segment.preprocess.bias import n4_correct
 
@@ -53,6 +54,15 @@ def test_native_n4_recovers_the_field_like_simpleitk():
         assert np.corrcoef(e, true)[0, 1] > 0.95, method
     # same algorithm, same samples: the two fields agree closely
     assert np.corrcoef(est["native"], est["simpleitk"])[0, 1] > 0.99
+
+
+def test_native_n4_with_two_fitting_levels_also_recovers_the_field():
+    biased, ball, clean, field = _biased_phantom(1)
+    out = n4_correct(biased, ball, (1.0, 1.0, 1.0), shrink=3, iterations=(30, 30))
+    est = np.log(biased[ball] / out[ball])
+    assert np.corrcoef(est, np.log(field[ball]))[0, 1] > 0.95
+    with pytest.raises(ValueError, match="method"):
+        n4_correct(biased, ball, (1.0, 1.0, 1.0), method="fast")
 
 
 def test_native_n4_leaves_an_unbiased_image_nearly_unchanged_and_outside_untouched():
