@@ -179,10 +179,15 @@ def fit_tissue_mixture(
             else:
                 uniq = inverse = None
         if uniq is None and n > 4 * HIST_BINS:
-            lo, hi = float(values.min()), float(values.max())
+            # the grid spans the data but not far outliers (one voxel at -1e4 would make every
+            # bin too wide): values beyond the 0.01-99.99 percentiles +/- half their range fall
+            # into the end bins, and are predicted as the grid's ends
+            q_lo, q_hi = np.percentile(values, [0.01, 99.99])
+            lo = max(float(values.min()), float(q_lo - 0.5 * (q_hi - q_lo)))
+            hi = min(float(values.max()), float(q_hi + 0.5 * (q_hi - q_lo)))
             if hi > lo:
                 grid = np.linspace(lo, hi, HIST_BINS + 1)
-                counts, _ = np.histogram(values[fit_rows], bins=grid)
+                counts, _ = np.histogram(np.clip(values[fit_rows], lo, hi), bins=grid)
                 used = counts > 0
                 fit_x = (0.5 * (grid[:-1] + grid[1:]))[used][:, None]
                 weights = counts[used].astype(np.float64)

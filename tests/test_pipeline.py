@@ -199,6 +199,13 @@ def test_one_feature_histogram_fit_labels_like_a_fit_on_every_voxel():
         # class means follow intensity whatever the path
         means = [x[labels == c, 0].mean() for c in (1, 2, 3)]
         assert means[0] < means[1] < means[2]
+    # far outliers do not widen the histogram's bins: the other voxels keep their labels
+    y = x.copy()
+    y[:3, 0] = [-1e4, 5e3, 1e5]
+    labels_y, _, _ = fit_tissue_mixture(y, ["t1"], config_from_dict({}))
+    labels_x, _, _ = fit_tissue_mixture(x, ["t1"], config_from_dict({}))
+    assert np.mean(labels_y[3:] == labels_x[3:]) > 0.999
+    assert labels_y[0] == 1 and labels_y[2] == 3
     grid = np.linspace(-1.0, 1.0, 5)
     table = np.stack([grid, grid**2], axis=1)
     out = interp_rows(np.array([-2.0, -0.25, 0.1, 3.0]), grid, table)
