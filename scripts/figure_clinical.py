@@ -128,7 +128,14 @@ def main(argv=None) -> int:
     fig = montage(seg, ref_mask, args.figures / "clinical_tcia_montage.png")
     info = seg.info
     tumor_ml = info.get("tumor", {}).get("volumes_ml") if isinstance(info.get("tumor"), dict) else None
-    motion = {m: np.round(mat[:3, 3], 1).tolist() for m, mat in seg.loaded.registered.items()}
+    from segment.io.register import motion_of
+
+    grid = seg.loaded.grid
+    centre = (grid.affine @ np.append((np.asarray(grid.shape) - 1) / 2.0, 1.0))[:3]
+    motion = {}
+    for m, mat in seg.loaded.registered.items():
+        disp, angle = motion_of(mat, centre)
+        motion[m] = f"{np.linalg.norm(disp):.1f} mm, {angle:.1f} deg"
     print(f"mask Dice vs HD-BET {d:.3f}; volumes {vols}; tumor {tumor_ml}; {seconds:.1f} s; timings {seg.timings}")
     cmd = "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])])
     machine = f"{platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}"
@@ -144,7 +151,7 @@ def main(argv=None) -> int:
         "",
         f"Grid {'x'.join(map(str, seg.brain_mask.shape))}, spacing "
         f"{', '.join(f'{s:.2f}' for s in seg.loaded.spacing)} mm (T1, RAS). "
-        f"Series motion corrected (translation, mm): {json.dumps(motion)}.",
+        f"Series motion corrected (displacement of the grid centre, rotation): {json.dumps(motion)}.",
         "",
         "| brain mask Dice vs HD-BET (T1 grid) | brain mL | HD-BET mL | CSF mL | GM mL | WM mL | tumor mL | seconds |",
         "|---|---|---|---|---|---|---|---|",
