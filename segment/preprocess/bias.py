@@ -195,7 +195,8 @@ def _n4_native(
         spans = 2**level
         bases = [bspline_basis(p, spans)[c] for p, c in zip(pos, coords)]
         m = spans + 3
-        design = (bases[0][:, :, None, None] * bases[1][:, None, :, None] * bases[2][:, None, None, :]).reshape(v.size, -1)
+        b0, b1, b2 = bases  # per-axis basis rows of every sample
+        design = (b0[:, :, None, None] * b1[:, None, :, None] * b2[:, None, None, :]).reshape(v.size, -1)
         # multilevel B-spline approximation (Lee, Wolberg & Shin 1997), one level: every
         # point proposes values for the control points it touches, which average them
         # weighted by the squared basis values
