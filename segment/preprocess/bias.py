@@ -181,7 +181,7 @@ def _n4_native(
     sub = np.ix_(*idx)
     small = work[sub]
     use = sel[sub] & (small > 0)
-    if np.count_nonzero(use) < 64:  # too few voxels to estimate a field: none
+    if np.count_nonzero(use) < 64:  # too few shrunk samples (a tiny mask): use every voxel
         use = sel & (work > 0)
         idx = [np.arange(n) for n in shape]
         sub = np.ix_(*idx)
