@@ -58,7 +58,7 @@ rejected as a small non-enhancing secondary lesion); a few ET specks along the r
 """,
     "tcia_raw": """
 **What the overlays show.** The raw exam's series are rigidly registered onto the T1 grid and resampled
-(`load_case`, registration auto: t2 and flair had moved about 17-18 mm and 5-16 degrees). The left frontal
+(`load_case`, registration auto: t2 and flair had moved about 17-18 mm and 5-16 degrees). The right frontal
 ring-enhancing lesion then lies at the same place in FLAIR, T1c, T2 and T1 (axial 15-20). ET follows the
 enhancing wall on T1c (axial 18-19), NCR fills the non-enhancing centre it encloses, ED the FLAIR-bright
 rim around the ring. Doubtful parts: ET contours also run along the lateral cortical surface next to the
