@@ -272,13 +272,8 @@ def _fill_holes_sealed(mask: np.ndarray) -> np.ndarray:
                 idx = [slice(1, -1)] * 3
                 idx[ax] = k
                 m[tuple(idx)] = fill_holes_nd(face)
-    lab, _ = ndi.label(~m)
-    shell = np.zeros(m.shape, dtype=bool)
-    shell[[0, -1]] = True
-    shell[:, [0, -1]] = True
-    shell[:, :, [0, -1]] = True
-    outside = np.unique(lab[shell])
-    return ~np.isin(lab, outside[outside > 0])[1:-1, 1:-1, 1:-1]
+    # air = background connected to the (partly sealed) border
+    return fill_holes_nd(m)[1:-1, 1:-1, 1:-1]
 
 
 def _foreground(image: np.ndarray, spacing: np.ndarray, offset: float) -> np.ndarray:
