@@ -189,15 +189,15 @@ def fit_tissue_mixture(
                 grid = np.linspace(lo, hi, HIST_BINS + 1)
                 counts, _ = np.histogram(np.clip(values[fit_rows], lo, hi), bins=grid)
                 used = counts > 0
-                fit_x = (0.5 * (grid[:-1] + grid[1:]))[used][:, None]
+                centres = 0.5 * (grid[:-1] + grid[1:])
+                fit_x = centres[used][:, None]
                 weights = counts[used].astype(np.float64)
                 info["fit"] = f"histogram of {n_fit} voxels in {HIST_BINS} bins"
                 # the partial-volume EM runs hundreds of iterations: it sees every
                 # PV_BIN_MERGE bins merged (still ~1/500 of the range, below the noise)
                 merged = counts.reshape(-1, PV_BIN_MERGE).sum(axis=1)
-                centres = (0.5 * (grid[:-1] + grid[1:])).reshape(-1, PV_BIN_MERGE)
-                centres = (centres * counts.reshape(-1, PV_BIN_MERGE)).sum(axis=1) / np.maximum(merged, 1)
-                pv_hist = (centres[merged > 0][:, None], merged[merged > 0].astype(np.float64))
+                pv_centres = (centres * counts).reshape(-1, PV_BIN_MERGE).sum(axis=1) / np.maximum(merged, 1)
+                pv_hist = (pv_centres[merged > 0][:, None], merged[merged > 0].astype(np.float64))
     if weights is None and mc.max_samples is not None and n_fit > mc.max_samples:
         rng = np.random.default_rng(config.seed)
         fit_x = fit_x[np.sort(rng.choice(n_fit, size=mc.max_samples, replace=False))]

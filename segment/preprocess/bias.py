@@ -87,18 +87,16 @@ def n4_correct(
     factors = [max(1, int(round(shrink * smin / s))) for s in spacing]
     levels = fitting_levels if fitting_levels is not None else len(iterations)
     its = [int(iterations[min(i, len(iterations) - 1)]) for i in range(levels)]
+    # without a mask: the native fit and the field's normalisation use the voxels above the mean
+    est = sel if sel is not None else work > work.mean()
     if method == "simpleitk":
         field = _n4_simpleitk(work, sel, spacing, factors, its, convergence)
     elif method == "native":
-        if sel is None:
-            sel = work > work.mean()
-        log_field = _n4_native(work, sel, factors, its, convergence)
-        field = np.exp(log_field, dtype=np.float32)
+        field = np.exp(_n4_native(work, est, factors, its, convergence), dtype=np.float32)
     else:
         raise ValueError(f"method must be 'native' or 'simpleitk', got {method!r}")
-    norm = sel if sel is not None else work > work.mean()
-    if norm.any():
-        field /= np.float32(np.mean(field[norm]))
+    if est.any():
+        field /= np.float32(np.mean(field[est]))
     out[box] = work / field - offset
     return out
 
