@@ -109,6 +109,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         "seconds": round(result.seconds, 2),
         "outputs": {k: str(v) for k, v in result.outputs.items()},
         "metrics": {k: v for k, v in result.metrics.items() if k.startswith("dice_")},
+        "qc_flags": list(result.info.get("flags") or []),
+        "warnings": list(result.info.get("warnings") or []),
     }
     print(json.dumps(jsonable(summary), indent=2))
     return 0

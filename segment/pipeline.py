@@ -243,8 +243,10 @@ def fit_tissue_mixture(
         if accepted:
             probs = pv.predict_fractions(predict_x)
         else:
-            log.info("partial-volume means drifted %s SD from the mixture's classes; using the plain mixture",
-                     info["partial_volume"]["drift_sd"])
+            msg = (f"partial-volume model fell back to the plain mixture (pure means drifted "
+                   f"{max(info['partial_volume']['drift_sd']):.1f} SD > {PV_MAX_DRIFT:g})")
+            log.warning(msg)
+            info.setdefault("flags", []).append(msg)
             probs = class_probabilities(gmm.predict_proba(predict_x), classes)
     else:
         probs = class_probabilities(gmm.predict_proba(predict_x), classes)
@@ -353,16 +355,23 @@ def run_pipeline(case: Case | LoadedCase | str | os.PathLike, config: Config | N
         fit_region = healthy & fit_core(mask, loaded.spacing, config.mixture.fit_margin_mm)
     if loaded.coverage is not None:
         fit_region &= loaded.coverage
+    fit_flags: list[str] = []
     if np.count_nonzero(fit_region) < max(1000, 0.05 * np.count_nonzero(healthy)):
+        if np.count_nonzero(fit_region) < np.count_nonzero(healthy):
+            fit_flags.append("tissue fit on the whole brain: the eroded core was too small")
+            log.warning("%s: %s", loaded.case.case_id, fit_flags[-1])
         fit_region = healthy  # a tiny or thin brain: use all of it
     X = np.stack([feats[m][healthy] for m in mods], axis=1).astype(np.float64)
     in_fit = fit_region[healthy]
     labels, probs, mix_info = fit_tissue_mixture(X, mods, config, fit_rows=in_fit)
     timings["mixture"] = time.perf_counter() - t
+    if fit_flags:
+        mix_info.setdefault("flags", []).extend(fit_flags)
     info.update(mixture=mix_info, features=mods)
 
     pp = config.postprocess
     fractions = probs
+    info["pve_sums"] = fractions.sum(axis=0, dtype=np.float64).tolist()  # for volumes.csv (PVE-based)
     if pp.mrf_beta > 0:
         from .labeling.mrf import mrf_smooth
 
@@ -576,12 +585,23 @@ def segment_case(
     t0 = time.perf_counter()
     if not isinstance(case, Case):
         case = find_case(case)
-    seg = run_pipeline(case, config)
-    metrics = compute_metrics(seg, config)
-    outputs: dict[str, Path] = {}
-    if out_dir is not None:
-        outputs = write_outputs(seg, Path(out_dir), config, metrics)
+    from .report.provenance import CaseLog, case_flags, write_case_records
+
+    with CaseLog() as caselog:  # every log record and warning of this case, for segment.log / provenance
+        seg = run_pipeline(case, config)
+        metrics = compute_metrics(seg, config)
+        outputs: dict[str, Path] = {}
+        flags = case_flags(seg, metrics, config)
+        if out_dir is not None:
+            t = time.perf_counter()
+            outputs = write_outputs(seg, Path(out_dir), config, metrics)
+            seg.timings["write"] = time.perf_counter() - t
+            outputs.update(write_case_records(seg, Path(out_dir), config, caselog=caselog, metrics=metrics,
+                                              outputs=outputs, seconds=time.perf_counter() - t0, flags=flags))
+        case_warnings = list(dict.fromkeys([*seg.loaded.notes, *caselog.warnings]))
     info = dict(seg.info)
+    info["flags"] = flags
+    info["warnings"] = case_warnings
     info["timings"] = {k: round(v, 3) for k, v in seg.timings.items()}
     info["brain_volume_ml"] = float(seg.brain_mask.sum() * seg.loaded.grid.voxel_volume / 1000.0)
     info["resampled"] = seg.loaded.resampled
