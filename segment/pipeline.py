@@ -50,6 +50,7 @@ class Segmentation:
     tumor_regions: list[str] = field(default_factory=list)
     info: dict[str, object] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    bias_corrected: dict[str, np.ndarray] | None = None  # N4-corrected images, with outputs.bias_corrected
 
 
 # --------------------------------------------------------------------------- steps
@@ -86,8 +87,10 @@ def brain_mask_step(loaded: LoadedCase, config: Config) -> tuple[np.ndarray, dic
     return mask.astype(bool), {"mask_method": method}
 
 
-def normalize_step(loaded: LoadedCase, mask: np.ndarray, config: Config) -> dict[str, np.ndarray]:
-    """Optional N4, then robust z-score inside the brain, for every modality."""
+def normalize_step(loaded: LoadedCase, mask: np.ndarray, config: Config,
+                   corrected: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Optional N4, then robust z-score inside the brain, for every modality; ``corrected``
+    (a dict), when given, receives each N4-corrected image."""
     from .preprocess.normalize import robust_zscore
 
     pp = config.preprocess
@@ -101,6 +104,8 @@ def normalize_step(loaded: LoadedCase, mask: np.ndarray, config: Config) -> dict
                 data, mask, loaded.spacing, shrink=pp.n4.shrink,
                 iterations=pp.n4.iterations, convergence=pp.n4.convergence, method=pp.n4.method,
             )
+            if corrected is not None:
+                corrected[m] = data
         # voxels outside the field of view of a resampled series are 0 there; they stay in
         # the mask (the reference defines the brain) and take the clipped low value.
         out[m] = robust_zscore(
@@ -322,7 +327,8 @@ def run_pipeline(case: Case | LoadedCase | str | os.PathLike, config: Config | N
     timings["brain_mask"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    feats = normalize_step(loaded, mask, config)
+    corrected: dict[str, np.ndarray] | None = {} if config.outputs.bias_corrected else None
+    feats = normalize_step(loaded, mask, config, corrected)
     timings["normalize"] = time.perf_counter() - t
 
     tumor = None
@@ -397,7 +403,7 @@ def run_pipeline(case: Case | LoadedCase | str | os.PathLike, config: Config | N
         pve_maps = np.zeros_like(prob_maps)
         pve_maps[healthy] = fractions
     return Segmentation(
-        loaded, mask, tissue, feats, prob_maps, pve_maps, tumor, regions, info, timings
+        loaded, mask, tissue, feats, prob_maps, pve_maps, tumor, regions, info, timings, corrected or None
     )
 
 
@@ -485,6 +491,10 @@ def write_outputs(seg: Segmentation, out_dir: Path, config: Config, metrics: dic
                 from_ras(seg.probabilities[..., c - 1], ref), ref.affine,
                 out_dir / f"prob_{name.lower()}.nii.gz", dtype=np.float32,
             )
+    for m, data in (seg.bias_corrected or {}).items():
+        outputs[f"biascorr_{m}"] = save_volume(
+            from_ras(data, ref), ref.affine, out_dir / f"{m}_biascorr.nii.gz", dtype=np.float32
+        )
     if seg.tumor is not None:
         from .metrics import to_coding
 
