@@ -84,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("gt", type=Path, help="ground truth, or folder of ground truths / case folders")
     p.add_argument("--out", "-o", type=Path, default=None, help="folder mode: write report.csv, summary.csv, index.html here")
     p.add_argument("--kind", choices=("auto", "tissue", "tumor"), default="auto",
-                   help="folder mode: tissue labels (1 CSF, 2 GM, 3 WM) or tumor labels (BraTS WT/TC/ET); "
-                   "auto: by file names, else by the ground truth's content")
+                   help="tissue labels (1 CSF, 2 GM, 3 WM) or tumor labels (BraTS WT/TC/ET, lesion-wise); "
+                   "auto: by file names (tissue/tumor), else by the ground truth's content; for a pair "
+                   "of files as for folders")
 
     p = sub.add_parser("phantom", help="write synthetic cases with exact ground truth")
     p.add_argument("out", type=Path, help="output folder; one sub-folder per case")
@@ -239,26 +240,34 @@ def cmd_skullstrip(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kind_from_names(*paths: Path) -> str | None:
+    """``tissue`` or ``tumor`` when a file name says so by a whole word (``seg_tumor``,
+    ``BraTS-..._tissue``), else None."""
+    import re
+
+    from .io.nifti import strip_nifti_suffix
+
+    found = set()
+    for p in paths:
+        tokens = set(re.split(r"[^a-z0-9]+", strip_nifti_suffix(p.name).lower()))
+        found |= tokens & {"tissue", "tumor", "tumour"}
+    found = {"tumor" if k == "tumour" else k for k in found}
+    return found.pop() if len(found) == 1 else None
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.pred.is_dir() or args.gt.is_dir():
         return _evaluate_folders(args)
-    import numpy as np
-
-    from .io.nifti import load_volume, same_grid
-    from .metrics import evaluate_labels
+    from .batch import evaluate_pair
     from .report.tables import to_jsonable as jsonable
-    from .types import TISSUE_LABELS
 
-    pred = load_volume(args.pred, dtype=np.int16, allow_empty=True)
-    gt = load_volume(args.gt, dtype=np.int16, allow_empty=True)
-    if not same_grid(pred, gt, atol=1e-2):
-        raise SegmentError(
-            f"{args.pred}: prediction grid (shape {pred.shape}) differs from {args.gt} (shape {gt.shape}); "
-            "resample the prediction onto the ground truth's grid"
-        )
-    values = sorted(int(v) for v in np.union1d(np.unique(pred.data), np.unique(gt.data)) if v != 0)
-    names = {v: TISSUE_LABELS.get(v, str(v)) if set(values) <= {1, 2, 3} else str(v) for v in values}
-    metrics = evaluate_labels(pred.data, gt.data, names, gt.spacing)
+    for p in (args.pred, args.gt):
+        if not p.is_file():
+            raise SegmentError(f"{p}: file not found")
+    kind = args.kind
+    if kind == "auto":
+        kind = _kind_from_names(args.gt, args.pred) or "auto"  # else decided from the truth's content
+    metrics = evaluate_pair(args.pred, args.gt, kind)
     print(json.dumps(jsonable(metrics), indent=2))
     return 0
 
