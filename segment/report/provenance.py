@@ -261,7 +261,7 @@ def volumes_rows(seg, *, tumor_names: Mapping[int, str] | None = None) -> list[d
         tc = np.bincount(t[mask].ravel().astype(np.int64), minlength=4)
         for value, name in names.items():
             ml = int(tc[value]) * vox
-            rows.append(row(name, "tumor", value, "tumor.nii.gz", ml, ml))
+            rows.append(row(name, "tumor", value, "tumor.nii.gz", ml, None if pve is None else ml))
     return rows
 
 
