@@ -562,6 +562,8 @@ def write_overlay(seg: Segmentation, path: Path, config: Config) -> Path:
         truth=truth,
         label_names=OVERLAY_LABELS,
         title=title,
+        file_affine=seg.loaded.reference.affine,
+        source_name=seg.loaded.reference.path.name if seg.loaded.reference.path else "",
     )
 
 
