@@ -109,20 +109,29 @@ def _config(args: argparse.Namespace):
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .io.cases import find_case
-    from .pipeline import segment_case
+    from .publish import check_output_root, write_case
     from .report.tables import to_jsonable as jsonable
 
     config = _config(args)
     case = find_case(args.case_dir)
-    out_dir = args.out / case.case_id
-    result = segment_case(case, config, out_dir)
+    # checked before any computing: a bad --out fails in a second, not after the segmentation
+    out_root = check_output_root(args.out, inputs=[case.root] if case.root is not None else [])
+    inputs = None
+    if case.root is not None and case.root.is_dir():
+        from .batch.discovery import input_fingerprint
+
+        inputs = input_fingerprint(case.root)
+    result, row, caught = write_case(case, config, out_root, inputs=inputs)
+    flags = [f for f in row.get("flags", "").split("; ") if f]
+    for f in flags:
+        print(f"segment: warning: {case.case_id}: {f}", file=sys.stderr)
     summary = {
         "case": result.case_id,
         "seconds": round(result.seconds, 2),
         "outputs": {k: str(v) for k, v in result.outputs.items()},
         "metrics": {k: v for k, v in result.metrics.items() if k.startswith("dice_")},
-        "qc_flags": list(result.info.get("flags") or []),
-        "warnings": list(result.info.get("warnings") or []),
+        "flags": flags,
+        "warnings": caught,
     }
     print(json.dumps(jsonable(summary), indent=2))
     return 0
@@ -343,6 +352,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("segment: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print(f"segment: error: out of memory ({args.command}); check the image sizes the headers claim",
+              file=sys.stderr)
+        return 1
+    except OSError as exc:
+        from .batch.running import failure_message
+
+        where = exc.filename or getattr(args, "out", None) or getattr(args, "case_dir", None) or "segment"
+        print(f"segment: error: {failure_message(exc, Path(str(where)))}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -597,23 +597,21 @@ def segment_case(
     t0 = time.perf_counter()
     if not isinstance(case, Case):
         case = find_case(case)
-    from .report.provenance import CaseLog, case_flags, write_case_records
+    from .report.provenance import CaseLog, write_case_records
 
     with CaseLog() as caselog:  # every log record and warning of this case, for segment.log / provenance
         seg = run_pipeline(case, config)
         metrics = compute_metrics(seg, config)
         outputs: dict[str, Path] = {}
-        flags = case_flags(seg, metrics, config)
         if out_dir is not None:
             t = time.perf_counter()
             outputs = write_outputs(seg, Path(out_dir), config, metrics)
             seg.timings["write"] = time.perf_counter() - t
             outputs.update(write_case_records(seg, Path(out_dir), config, caselog=caselog, metrics=metrics,
-                                              outputs=outputs, seconds=time.perf_counter() - t0, flags=flags))
+                                              outputs=outputs, seconds=time.perf_counter() - t0))
         case_warnings = list(dict.fromkeys([*seg.loaded.notes, *caselog.warnings]))
     info = dict(seg.info)
-    info["flags"] = flags
-    info["warnings"] = case_warnings
+    info["warnings"] = case_warnings  # every warning and fallback (recorded in provenance.json too)
     info["timings"] = {k: round(v, 3) for k, v in seg.timings.items()}
     info["brain_volume_ml"] = float(seg.brain_mask.sum() * seg.loaded.grid.voxel_volume / 1000.0)
     info["resampled"] = seg.loaded.resampled

@@ -121,8 +121,16 @@ def find_case(case_dir: str | os.PathLike) -> Case:
     images: dict[str, Path] = {}
     truth: dict[str, Path] = {}
     others: list[str] = []
-    for p in sorted(root.iterdir()):
-        if p.name.startswith(".") or not p.is_file():
+    entries = sorted(root.iterdir())
+    for p in entries:
+        if p.name.startswith("."):
+            continue
+        if not p.is_file():
+            # a name that claims an image but is a folder or a dangling link: never drop it silently
+            if is_nifti_name(p.name) and classify_file(p.name) is not None:
+                what = "a broken symbolic link" if p.is_symlink() and not p.exists() else (
+                    "a folder" if p.is_dir() else "not a regular file")
+                raise InputError(f"{p}: is {what}, expected a NIfTI file; fix or remove it")
             continue
         if not is_nifti_name(p.name):
             others.append(p.name)
@@ -148,7 +156,14 @@ def find_case(case_dir: str | os.PathLike) -> Case:
         if len(four_d) == 1:
             label = truth.get("seg") or truth.get("tumor")
             return replace(msd_case(four_d[0], label), case_id=root.name, root=root)
+        visible = [p for p in entries if not p.name.startswith(".")]
+        if not visible:
+            raise InputError(f"{root}: case folder is empty")
+        subdirs = [p.name for p in visible if p.is_dir()]
         hint = f" (found non-NIfTI files: {', '.join(others[:4])})" if others else ""
+        if subdirs and not others:
+            hint = (f" (it holds folders: {', '.join(subdirs[:4])}; is it a folder of cases? "
+                    "point --input or the case path at them)")
         raise InputError(
             f"{root}: no image found; expected NIfTI files named by modality "
             f"(t1/t1n, t1c/t1ce, t2/t2w, flair/t2f){hint}"

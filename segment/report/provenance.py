@@ -290,6 +290,10 @@ def write_volumes_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike
 # --------------------------------------------------------------------------- provenance
 
 
+def _brain_ml(seg) -> float:
+    return float(np.count_nonzero(seg.brain_mask) * seg.loaded.grid.voxel_volume / 1000.0)
+
+
 def _version() -> str:
     from .. import __version__
 
@@ -405,44 +409,19 @@ def build_provenance(
 # --------------------------------------------------------------------------- one case's records
 
 
-def qc_measures(seg, metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The quality-control quantities of a batch report row, computed in memory from a
-    segmentation: ``brain_volume_ml``, ``volume_ml_<class>``, ``fraction_<class>`` (of the
-    labelled brain), ``tumor_volume_ml``, ``tumor_edge_fraction`` (tumor voxels on the brain
-    mask's border), ``converged``, and the metrics (for the Dice flag)."""
-    from scipy import ndimage as ndi
+def case_flags(outputs: Mapping[str, Any], info: Mapping[str, Any], metrics: Mapping[str, Any] | None,
+               config) -> list[str]:
+    """Every QC flag of one case, as the report row of :func:`segment.publish.write_case` gets
+    them: :func:`segment.qc.measure` of the written maps, the metrics, the mixture's convergence
+    and the steps' own flags (fallbacks) under the thresholds ``batch.qc`` of the config."""
+    from ..qc import CASE_FLAGS_KEY, measure, qc_flags, step_flags
 
-    from ..types import TISSUE_LABELS, TISSUE_TUMOR_LABEL
-
-    vox = float(seg.loaded.grid.voxel_volume) / 1000.0
-    mask = np.asarray(seg.brain_mask, dtype=bool)
-    q: dict[str, Any] = {"status": "ok", **dict(metrics or {})}
-    q["brain_volume_ml"] = round(int(np.count_nonzero(mask)) * vox, 2)
-    counts = np.bincount(np.asarray(seg.tissue, dtype=np.uint8).ravel(), minlength=TISSUE_TUMOR_LABEL + 1)
-    labelled = max(int(counts[1:].sum()), 1)
-    for value, name in TISSUE_LABELS.items():
-        q[f"volume_ml_{name}"] = round(int(counts[value]) * vox, 3)
-        q[f"fraction_{name}"] = round(int(counts[value]) / labelled, 5)
-    tumor = None if seg.tumor is None else np.asarray(seg.tumor) > 0
-    if tumor is not None:
-        n_tumor = int(np.count_nonzero(tumor))
-        q["tumor_volume_ml"] = round(n_tumor * vox, 3)
-        if n_tumor:
-            border = mask & ~ndi.binary_erosion(mask, border_value=0)
-            q["tumor_edge_fraction"] = round(int(np.count_nonzero(tumor & border)) / n_tumor, 5)
-    mix = seg.info.get("mixture") if isinstance(seg.info, Mapping) else None
+    row: dict[str, Any] = {"status": "ok", **dict(metrics or {}), **measure(outputs, info)}
+    mix = info.get("mixture")
     if isinstance(mix, Mapping) and "converged" in mix:
-        q["converged"] = bool(mix["converged"])
-    return q
-
-
-def case_flags(seg, metrics: Mapping[str, Any] | None, config) -> list[str]:
-    """Every QC flag of one case: the steps' own (fallbacks) and the batch's thresholds
-    (``batch.qc`` of the config) applied to :func:`qc_measures` -- the same flags for
-    ``segment run`` as for a batch's report row."""
-    from ..batch import qc_flags  # the thresholds live with the batch report; imported late
-
-    return list(dict.fromkeys([*collect_flags(seg.info), *qc_flags(qc_measures(seg, metrics), config.batch.qc)]))
+        row["converged"] = bool(mix["converged"])
+    row[CASE_FLAGS_KEY] = list(dict.fromkeys([*step_flags(info), *collect_flags(info)]))
+    return qc_flags(row, config.batch.qc)
 
 
 def write_case_records(seg, out_dir: str | os.PathLike, config, *, caselog: CaseLog | None = None,
@@ -462,7 +441,7 @@ def write_case_records(seg, out_dir: str | os.PathLike, config, *, caselog: Case
     paths: dict[str, Path] = {}
     paths["volumes"] = write_volumes_csv(volumes_rows(seg), out / "volumes.csv")
     if flags is None:
-        flags = case_flags(seg, metrics, config)
+        flags = case_flags(outputs or {}, {**seg.info, "brain_volume_ml": _brain_ml(seg)}, metrics, config)
     caught = caselog.warnings if caselog is not None else []
     head = [f"# segment {_version()} case {seg.loaded.case.case_id}: {' '.join(sys.argv)}"]
     tail = [f"# step {k}: {v:.3f} s" for k, v in seg.timings.items()]

@@ -74,8 +74,30 @@ def test_fallback_becomes_a_recorded_warning_and_flag(tissue_case, tmp_path, mon
     assert any("fell back" in f for f in prov["qc_flags"])
     assert prov["steps"]["mixture"]["partial_volume"]["used"] is False
     assert "fell back" in (tmp_path / "fb" / "segment.log").read_text()
-    assert any("fell back" in f for f in res.info["flags"])
+    assert any("fell back" in f for f in res.info["mixture"]["flags"])
     assert any("fell back" in w for w in res.info["warnings"])
+
+
+def test_run_and_batch_writer_carry_the_fallback(tissue_case, tmp_path, monkeypatch, capsys):
+    """The one writer of run and batch: result.json's warnings and flags, the report row's flags,
+    and segment run's summary all hold the fallback."""
+    from segment.cli import main
+    from segment.publish import write_case
+
+    monkeypatch.setattr(pipeline, "PV_MAX_DRIFT", 0.0)
+    result, row, caught = write_case(tissue_case, Config(), tmp_path / "w")
+    manifest = json.loads((tmp_path / "w" / "tissue_case" / "result.json").read_text())
+    for f in ("provenance.json", "volumes.csv", "segment.log"):
+        assert f in manifest["outputs"]
+    assert any("fell back" in w for w in manifest["warnings"])
+    assert any("fell back" in f for f in manifest["flags"])
+    assert "fell back" in row["flags"]
+    prov = json.loads((tmp_path / "w" / "tissue_case" / "provenance.json").read_text())
+    assert prov["qc_flags"] == manifest["flags"]  # the same flags in every record
+    assert main(["run", str(tissue_case), "--out", str(tmp_path / "r")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert any("fell back" in f for f in summary["flags"])
+    assert any("fell back" in w for w in summary["warnings"])
 
 
 def test_volumes_csv_sums_to_the_brain_volume(tumor_case, tmp_path):
