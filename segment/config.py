@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 from .types import MODALITIES
@@ -173,6 +173,10 @@ class TumorConfig(_Strict):
 class OutputConfig(_Strict):
     overlay: bool = True
     probabilities: bool = Field(False, description="also write float32 class probability maps")
+    bias_corrected: bool = Field(
+        False, description="also write each modality after N4 (<modality>_biascorr.nii.gz, float32, on the "
+        "reference grid), as FSL FAST -B; needs preprocess.bias_correction: true"
+    )
 
 
 class QCConfig(_Strict):
@@ -247,6 +251,13 @@ class Config(_Strict):
         description="what a ground truth named only 'seg'/'label' holds; auto: tissue if its labels cover "
         "most of the brain, else tumor",
     )
+
+    @model_validator(mode="after")
+    def _bias_output_needs_n4(self) -> "Config":
+        if self.outputs.bias_corrected and not self.preprocess.bias_correction:
+            raise ValueError("outputs.bias_corrected: true needs preprocess.bias_correction: true "
+                             "(there is no corrected image without N4)")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -51,6 +51,7 @@ class Segmentation:
     tumor_regions: list[str] = field(default_factory=list)
     info: dict[str, object] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    bias_corrected: dict[str, np.ndarray] | None = None  # N4-corrected images, with outputs.bias_corrected
 
 
 # --------------------------------------------------------------------------- steps
@@ -90,8 +91,10 @@ def brain_mask_step(loaded: LoadedCase, config: Config) -> tuple[np.ndarray, dic
     return mask.astype(bool), {"mask_method": method}
 
 
-def normalize_step(loaded: LoadedCase, mask: np.ndarray, config: Config) -> dict[str, np.ndarray]:
-    """Optional N4, then robust z-score inside the brain, for every modality."""
+def normalize_step(loaded: LoadedCase, mask: np.ndarray, config: Config,
+                   corrected: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Optional N4, then robust z-score inside the brain, for every modality; ``corrected``
+    (a dict), when given, receives each N4-corrected image."""
     from .preprocess.normalize import robust_zscore
 
     pp = config.preprocess
@@ -112,6 +115,8 @@ def normalize_step(loaded: LoadedCase, mask: np.ndarray, config: Config) -> dict
                 data, m_mask, loaded.spacing, shrink=pp.n4.shrink,
                 iterations=pp.n4.iterations, convergence=pp.n4.convergence, method=pp.n4.method,
             )
+            if corrected is not None:
+                corrected[m] = data
         out[m] = robust_zscore(
             data, m_mask, lower_percentile=pp.lower_percentile, upper_percentile=pp.upper_percentile
         )
@@ -252,8 +257,10 @@ def fit_tissue_mixture(
         if accepted:
             probs = pv.predict_fractions(predict_x)
         else:
-            log.info("partial-volume means drifted %s SD from the mixture's classes; using the plain mixture",
-                     info["partial_volume"]["drift_sd"])
+            msg = (f"partial-volume model fell back to the plain mixture (pure means drifted "
+                   f"{max(info['partial_volume']['drift_sd']):.1f} SD > {PV_MAX_DRIFT:g})")
+            log.warning(msg)
+            info.setdefault("flags", []).append(msg)
             probs = class_probabilities(gmm.predict_proba(predict_x), classes)
     else:
         probs = class_probabilities(gmm.predict_proba(predict_x), classes)
@@ -394,7 +401,8 @@ def run_pipeline(case: Case | LoadedCase | str | os.PathLike, config: Config | N
     timings["brain_mask"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    feats = normalize_step(loaded, mask, config)
+    corrected: dict[str, np.ndarray] | None = {} if config.outputs.bias_corrected else None
+    feats = normalize_step(loaded, mask, config, corrected)
     timings["normalize"] = time.perf_counter() - t
 
     tumor = None
@@ -427,7 +435,11 @@ def run_pipeline(case: Case | LoadedCase | str | os.PathLike, config: Config | N
         fit_region = healthy & fit_core(mask, loaded.spacing, config.mixture.fit_margin_mm)
     if loaded.coverage is not None:
         fit_region &= loaded.coverage
+    fit_flags: list[str] = []
     if np.count_nonzero(fit_region) < max(1000, 0.05 * np.count_nonzero(healthy)):
+        if np.count_nonzero(fit_region) < np.count_nonzero(healthy):
+            fit_flags.append("tissue fit on the whole brain: the eroded core was too small")
+            log.warning("%s: %s", loaded.case.case_id, fit_flags[-1])
         fit_region = healthy  # a tiny or thin brain: use all of it
     X = np.stack([feats[m][healthy] for m in mods], axis=1).astype(np.float64)
     in_fit = fit_region[healthy]
@@ -436,10 +448,13 @@ def run_pipeline(case: Case | LoadedCase | str | os.PathLike, config: Config | N
     if fov_flags:
         info.setdefault("flags", []).extend(fov_flags)
     timings["mixture"] = time.perf_counter() - t
+    if fit_flags:
+        mix_info.setdefault("flags", []).extend(fit_flags)
     info.update(mixture=mix_info, features=mods)
 
     pp = config.postprocess
     fractions = probs
+    info["pve_sums"] = fractions.sum(axis=0, dtype=np.float64).tolist()  # for volumes.csv (PVE-based)
     if pp.mrf_beta > 0:
         from .labeling.mrf import mrf_smooth
 
@@ -465,7 +480,7 @@ def run_pipeline(case: Case | LoadedCase | str | os.PathLike, config: Config | N
         pve_maps = np.zeros_like(prob_maps)
         pve_maps[healthy] = fractions
     return Segmentation(
-        loaded, mask, tissue, feats, prob_maps, pve_maps, tumor, regions, info, timings
+        loaded, mask, tissue, feats, prob_maps, pve_maps, tumor, regions, info, timings, corrected or None
     )
 
 
@@ -563,6 +578,10 @@ def write_outputs(seg: Segmentation, out_dir: Path, config: Config, metrics: dic
                 from_ras(seg.probabilities[..., c - 1], ref), ref.affine,
                 out_dir / f"prob_{name.lower()}.nii.gz", dtype=np.float32,
             )
+    for m, data in (seg.bias_corrected or {}).items():
+        outputs[f"biascorr_{m}"] = save_volume(
+            from_ras(data, ref), ref.affine, out_dir / f"{m}_biascorr.nii.gz", dtype=np.float32
+        )
     if seg.tumor is not None:
         from .metrics import to_coding
 
@@ -630,6 +649,8 @@ def write_overlay(seg: Segmentation, path: Path, config: Config) -> Path:
         truth=truth,
         label_names=OVERLAY_LABELS,
         title=title,
+        file_affine=seg.loaded.reference.affine,
+        source_name=seg.loaded.reference.path.name if seg.loaded.reference.path else "",
     )
 
 
@@ -663,12 +684,21 @@ def segment_case(
     t0 = time.perf_counter()
     if not isinstance(case, Case):
         case = find_case(case)
-    seg = run_pipeline(case, config)
-    metrics = compute_metrics(seg, config)
-    outputs: dict[str, Path] = {}
-    if out_dir is not None:
-        outputs = write_outputs(seg, Path(out_dir), config, metrics)
+    from .report.provenance import CaseLog, write_case_records
+
+    with CaseLog() as caselog:  # every log record and warning of this case, for segment.log / provenance
+        seg = run_pipeline(case, config)
+        metrics = compute_metrics(seg, config)
+        outputs: dict[str, Path] = {}
+        if out_dir is not None:
+            t = time.perf_counter()
+            outputs = write_outputs(seg, Path(out_dir), config, metrics)
+            seg.timings["write"] = time.perf_counter() - t
+            outputs.update(write_case_records(seg, Path(out_dir), config, caselog=caselog, metrics=metrics,
+                                              outputs=outputs, seconds=time.perf_counter() - t0))
+        case_warnings = list(dict.fromkeys([*seg.loaded.notes, *caselog.warnings]))
     info = dict(seg.info)
+    info["warnings"] = case_warnings  # every warning and fallback (recorded in provenance.json too)
     info["timings"] = {k: round(v, 3) for k, v in seg.timings.items()}
     info["brain_volume_ml"] = float(seg.brain_mask.sum() * seg.loaded.grid.voxel_volume / 1000.0)
     info["resampled"] = seg.loaded.resampled
