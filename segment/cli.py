@@ -8,10 +8,12 @@ import argparse
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 from . import __version__
 from .errors import ConfigError, SegmentError
+from .publish import OutputError
 
 log = logging.getLogger("segment")
 
@@ -312,7 +314,11 @@ def cmd_phantom(args: argparse.Namespace) -> int:
     from .phantom import write_phantom_cases
 
     if args.n < 1:
-        raise SegmentError("--n must be at least 1")
+        raise ConfigError(f"--n {args.n}: must be at least 1")
+    if args.seed < 0:
+        raise ConfigError(f"--seed {args.seed}: must be 0 or more")
+    if args.shape is not None and min(args.shape) < 24:
+        raise ConfigError(f"--shape {' '.join(map(str, args.shape))}: each side must be at least 24 voxels")
     kwargs = {"skull": args.skull, "tumor": args.tumor}
     if args.shape:
         kwargs["shape"] = tuple(args.shape)
@@ -320,6 +326,11 @@ def cmd_phantom(args: argparse.Namespace) -> int:
     for p in paths:
         print(p)
     return 0
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line on stderr (``segment: warning: ...``), without source lines."""
+    print(f"segment: warning: {message}", file=sys.stderr if file is None else file)
 
 
 COMMANDS = {
@@ -341,9 +352,10 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(message)s",
     )
+    warnings.showwarning = _show_warning
     try:
         return COMMANDS[args.command](args)
-    except ConfigError as exc:
+    except (ConfigError, OutputError) as exc:  # usage: a bad config, flag or output location
         print(f"segment: error: {exc}", file=sys.stderr)
         return 2
     except SegmentError as exc:
