@@ -317,8 +317,11 @@ def cmd_phantom(args: argparse.Namespace) -> int:
         raise ConfigError(f"--n {args.n}: must be at least 1")
     if args.seed < 0:
         raise ConfigError(f"--seed {args.seed}: must be 0 or more")
-    if args.shape is not None and min(args.shape) < 24:
-        raise ConfigError(f"--shape {' '.join(map(str, args.shape))}: each side must be at least 24 voxels")
+    if args.shape is not None and not (24 <= min(args.shape) and max(args.shape) <= 512):
+        raise ConfigError(f"--shape {' '.join(map(str, args.shape))}: each side must be 24 to 512 voxels")
+    from .publish import check_output_root
+
+    check_output_root(args.out)  # an unusable folder fails before any phantom is made
     kwargs = {"skull": args.skull, "tumor": args.tumor}
     if args.shape:
         kwargs["shape"] = tuple(args.shape)
@@ -365,8 +368,8 @@ def main(argv: list[str] | None = None) -> int:
         print("segment: interrupted", file=sys.stderr)
         return 130
     except MemoryError:
-        print(f"segment: error: out of memory ({args.command}); check the image sizes the headers claim",
-              file=sys.stderr)
+        print(f"segment: error: out of memory ({args.command}); check the sizes of the images "
+              "(and what their headers claim) and the number of --workers", file=sys.stderr)
         return 1
     except OSError as exc:
         from .batch.running import failure_message
