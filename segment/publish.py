@@ -298,6 +298,7 @@ def write_case(case: Any, config: Any, out_root: str | os.PathLike, *, name: str
         if case_flags:
             row[CASE_FLAGS_KEY] = case_flags
         row["flags"] = "; ".join(qc_flags(row, config.batch.qc))
+        row["warnings"] = " | ".join(caught)  # shown on the review page beside the flags (a warning may hold "; ")
         row["seconds"] = round(time.perf_counter() - t0, 3)
         stage.write_manifest({
             "row": row, "config_digest": config_digest(config), "inputs": inputs,
