@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
         "cases whose outputs are complete. Exit code 0: all cases ok; 1: any case failed; 2: usage error; "
         "130: interrupted (the report lists what finished).",
     )
-    p.add_argument("--input", "-i", type=Path, required=True, metavar="ROOT", help="folder of case folders")
+    p.add_argument("--input", "-i", type=Path, required=True, metavar="ROOT",
+                   help="folder of case folders, an MSD task folder or a BIDS dataset")
     p.add_argument("--out", "-o", type=Path, required=True, help="output root")
     p.add_argument("--workers", "-j", type=int, default=None,
                    help="parallel worker processes (default: batch.workers of the config, else the number of cores)")
@@ -55,6 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", default=None, help="redo cases whose outputs are already complete")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                    help="no progress bar or per-case lines")
+    p.add_argument("--participant-label", nargs="+", default=None, metavar="LABEL",
+                   help="BIDS input: only these subjects (01 or sub-01)")
+    p.add_argument("--session-label", nargs="+", default=None, metavar="LABEL",
+                   help="BIDS input: only these sessions (1 or ses-1)")
+    p.add_argument("--output-layout", choices=("plain", "bids"), default=None,
+                   help="plain: OUT/<case>/ folders; bids: a BIDS-derivatives dataset, segment's reports in "
+                   "OUT/segment/ (default: bids for a BIDS dataset, else plain)")
+    p.add_argument("--bids-truth", nargs="?", const="derivatives", default=None, metavar="FOLDER",
+                   help="BIDS input: score against *_dseg.nii.gz ground truth found under this folder of the "
+                   "dataset (default when given without a value: derivatives)")
     _add_config(p)
 
     p = sub.add_parser(
@@ -151,15 +162,26 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if batch:
         overrides["batch"] = batch
     config = load_config(args.config, overrides)  # flags override the file; errors exit 2
+    from .batch.bids import ENGINE_DIR, is_bids_input, run_bids_batch
+
+    bids_opts = {"participant_labels": args.participant_label, "session_labels": args.session_label,
+                 "output_layout": args.output_layout, "truth_from": args.bids_truth}
+    bids = is_bids_input(args.input) or any(v is not None for v in bids_opts.values())
+    reports = args.out
     try:
-        report = run_batch(args.input, args.out, config, progress=args.progress)
+        if bids:
+            report = run_bids_batch(args.input, args.out, config, progress=args.progress, **bids_opts)
+            if (args.output_layout or ("bids" if is_bids_input(args.input) else "plain")) == "bids":
+                reports = args.out / ENGINE_DIR
+        else:
+            report = run_batch(args.input, args.out, config, progress=args.progress)
     except BatchUsageError as exc:
         print(f"segment: error: {exc}", file=sys.stderr)
         return 2
     extra = f", {len(report.skipped)} skipped as complete" if report.skipped else ""
     stop = " (interrupted)" if report.interrupted else ""
-    print(f"{report.n_ok} ok, {report.n_failed} failed{extra}{stop}; report: {args.out / 'report.csv'}, "
-          f"review: {args.out / 'index.html'}")
+    print(f"{report.n_ok} ok, {report.n_failed} failed{extra}{stop}; report: {reports / 'report.csv'}, "
+          f"review: {reports / 'index.html'}")
     return report.exit_code
 
 
@@ -317,8 +339,11 @@ def cmd_phantom(args: argparse.Namespace) -> int:
         raise ConfigError(f"--n {args.n}: must be at least 1")
     if args.seed < 0:
         raise ConfigError(f"--seed {args.seed}: must be 0 or more")
-    if args.shape is not None and min(args.shape) < 24:
-        raise ConfigError(f"--shape {' '.join(map(str, args.shape))}: each side must be at least 24 voxels")
+    if args.shape is not None and not (24 <= min(args.shape) and max(args.shape) <= 512):
+        raise ConfigError(f"--shape {' '.join(map(str, args.shape))}: each side must be 24 to 512 voxels")
+    from .publish import check_output_root
+
+    check_output_root(args.out)  # an unusable folder fails before any phantom is made
     kwargs = {"skull": args.skull, "tumor": args.tumor}
     if args.shape:
         kwargs["shape"] = tuple(args.shape)
@@ -365,8 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         print("segment: interrupted", file=sys.stderr)
         return 130
     except MemoryError:
-        print(f"segment: error: out of memory ({args.command}); check the image sizes the headers claim",
-              file=sys.stderr)
+        print(f"segment: error: out of memory ({args.command}); check the sizes of the images "
+              "(and what their headers claim) and the number of --workers", file=sys.stderr)
         return 1
     except OSError as exc:
         from .batch.running import failure_message

@@ -262,6 +262,8 @@ def test_bad_output_locations_fail_before_segmenting(case, tmp_path, monkeypatch
         assert str(out) in line
         assert main(["batch", "--input", str(case.parent), "--out", str(out), "--no-progress"]) == 2
         _one_error_line(capsys)
+        assert main(["phantom", str(out)]) == 2
+        _one_error_line(capsys)
     assert a_file.read_text() == "x"
 
 
@@ -276,7 +278,8 @@ def test_config_not_utf8_and_duplicate_keys_are_usage_errors(case, tmp_path, cap
     assert "twice" in _one_error_line(capsys)
 
 
-@pytest.mark.parametrize("args", [["--seed", "-1"], ["--shape", "3", "3", "3"], ["--n", "0"]])
+@pytest.mark.parametrize("args", [["--seed", "-1"], ["--shape", "3", "3", "3"], ["--n", "0"],
+                                  ["--shape", "100000", "100000", "100000"]])
 def test_phantom_bad_arguments_are_usage_errors(tmp_path, args, capsys):
     assert main(["phantom", str(tmp_path / "ph"), *args]) == 2
     _one_error_line(capsys)

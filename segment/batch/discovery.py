@@ -8,6 +8,7 @@ from typing import Any
 
 from ..errors import SegmentError
 from ..io.nifti import is_nifti_name, strip_nifti_suffix
+from ..types import Case
 
 __all__ = ["BatchUsageError", "case_name", "find_case_dirs", "input_fingerprint"]
 
@@ -51,15 +52,25 @@ def find_case_dirs(root: str | os.PathLike, *, exclude: Sequence[str | os.PathLi
     return dirs
 
 
-def case_name(case: Path) -> str:
-    """Name of a case: its folder's name, or an MSD image file's name without its suffix."""
+def case_name(case: Path | Case) -> str:
+    """Name of a case: its folder's name, an MSD image file's name without its suffix, or the
+    ``case_id`` of a :class:`~segment.types.Case` found by a discovery (BIDS: ``sub-01_ses-1``)."""
+    if isinstance(case, Case):
+        return case.case_id
     return strip_nifti_suffix(case.name) if case.is_file() else case.name
+
+
+def case_root(case: Path | Case) -> Path | None:
+    """The folder (or MSD file) a case is read from."""
+    return case.root if isinstance(case, Case) else case
 
 
 def input_fingerprint(case_dir: Path) -> list[list[Any]]:
     """Name, size and modification time of every file of a case (to notice changed inputs)."""
     out = []
-    if case_dir.is_file():  # an MSD image: itself and its label file
+    if isinstance(case_dir, Case):  # found by a discovery (BIDS): its images and truth files
+        files = sorted(set(case_dir.images.values()) | set(case_dir.truth.values()))
+    elif case_dir.is_file():  # an MSD image: itself and its label file
         label = case_dir.parent.parent / "labelsTr" / case_dir.name
         files = [case_dir] + ([label] if label.is_file() else [])
     else:

@@ -13,7 +13,7 @@ from typing import Any
 from .. import __version__
 from ..config import Config
 from ..publish import OutputError, check_output_root, clean_stale, config_digest, public_mode
-from .discovery import BatchUsageError, case_name, find_case_dirs, input_fingerprint
+from .discovery import BatchUsageError, case_name, case_root, find_case_dirs, input_fingerprint
 from .reports import BatchReport, _Progress, _RunLog, write_reports
 from .resume import completed_row, lock
 from .running import _run_dask, _run_pool, _run_serial, available_cores
@@ -31,6 +31,7 @@ def run_batch(
     force: bool | None = None,
     numba_threads: int | None = None,
     progress: bool | None = None,
+    cases: list | None = None,
 ) -> BatchReport:
     """Segment every case folder under ``input_root`` into ``out_root``.
 
@@ -53,6 +54,9 @@ def run_batch(
         // the worker's threads).
     progress : bool, optional
         None: a progress bar on a terminal, plain lines otherwise; False: silent.
+    cases : list of Case, optional
+        Cases already found (e.g. the sessions of a BIDS dataset, :mod:`segment.batch.bids`)
+        instead of the case folders under ``input_root``.
 
     Returns
     -------
@@ -76,7 +80,12 @@ def run_batch(
     force = bc.force if force is None else force
     numba_threads = numba_threads or bc.numba_threads
     out_root = Path(out_root).absolute()
-    case_dirs = [d.absolute() for d in find_case_dirs(input_root, exclude=[out_root])]
+    if cases is not None:
+        case_dirs = list(cases)
+        if not case_dirs:
+            raise BatchUsageError(f"{input_root}: no cases to run")
+    else:
+        case_dirs = [d.absolute() for d in find_case_dirs(input_root, exclude=[out_root])]
     _check_out(out_root, case_dirs)
     lock_path = lock(out_root)
     runlog = _RunLog(out_root / "run.log")
@@ -182,13 +191,14 @@ def _links(out_root: Path) -> dict[str, str]:
 def _check_out(out_root: Path, case_dirs: list[Path]) -> None:
     """Refuse an output root where a case's outputs would land in (or replace) an input case folder."""
     try:
-        check_output_root(out_root, inputs=[d for d in case_dirs if d.is_dir()])
+        check_output_root(out_root, inputs=[r for r in map(case_root, case_dirs) if r is not None and r.is_dir()])
     except OutputError as exc:
         raise BatchUsageError(str(exc)) from None
-    for d in case_dirs:
-        if d.is_dir() and os.path.realpath(out_root / case_name(d)) == os.path.realpath(d):
+    for c in case_dirs:
+        d = case_root(c)
+        if d is not None and d.is_dir() and os.path.realpath(out_root / case_name(c)) == os.path.realpath(d):
             raise BatchUsageError(
-                f"{out_root}: is the input folder, so OUT/{case_name(d)} would be the input case folder "
+                f"{out_root}: is the input folder, so OUT/{case_name(c)} would be the input case folder "
                 f"{d}; choose an --out outside the input data"
             )
 

@@ -14,13 +14,15 @@ import threading
 import time
 import traceback
 import uuid
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from ..config import config_from_dict
-from ..errors import SegmentError
-from .discovery import BatchUsageError, case_name, input_fingerprint
+from ..errors import InputError, SegmentError
+from ..types import Case
+from .discovery import BatchUsageError, case_name, case_root, input_fingerprint
 
 __all__ = ["available_cores", "run_case"]
 
@@ -88,22 +90,33 @@ def run_case(case_dir: str | os.PathLike, out_root: str | os.PathLike, config_di
     """
     from ..publish import write_case
 
-    case_dir = Path(case_dir)
+    case_dir = case_dir if isinstance(case_dir, Case) else Path(case_dir)
     name = case_name(case_dir)
     t0 = time.perf_counter()
     row: dict[str, Any] = {"case_id": name, "status": "ok", "error": ""}
     _set_numba_threads(numba_threads or _dask_worker_threads())
     caught: list[str] = []
+    outer: list = []
     try:
-        config = config_from_dict(dict(config_dict))
-        inputs = input_fingerprint(case_dir)
-        _, row, caught = write_case(case_dir, config, out_root, name=name, inputs=inputs)
+        # every warning of this case (also from reading its files) goes to the run log with the
+        # case's name, never bare to the worker's stderr
+        with warnings.catch_warnings(record=True) as outer:
+            warnings.simplefilter("always")
+            config = config_from_dict(dict(config_dict))
+            if isinstance(case_dir, Case) and not case_dir.images and case_dir.root is not None:
+                from ..io.cases import find_case
+
+                find_case(case_dir.root)  # raises the finder's one-line reason (no image of a known name)
+                raise InputError(f"{case_dir.root}: no T1w, T2w or FLAIR image with a BIDS name")
+            inputs = input_fingerprint(case_dir)
+            _, row, caught = write_case(case_dir, config, out_root, name=name, inputs=inputs)
     except SegmentError as exc:
         row.update(status="failed", error=one_line(str(exc)))
     except Exception as exc:  # a bug or an unexpected library error: keep going, keep the reason
-        row.update(status="failed", error=failure_message(exc, case_dir))
+        row.update(status="failed", error=failure_message(exc, case_root(case_dir) or Path(name)))
         row["_traceback"] = traceback.format_exc()
     row["seconds"] = round(time.perf_counter() - t0, 3)
+    caught = list(dict.fromkeys([*caught, *(f"{w.category.__name__}: {w.message}" for w in outer or [])]))
     if caught:
         row["_warnings"] = caught
     return row
@@ -153,6 +166,11 @@ def _watch_parent(parent_pid: int, interval: float = 0.5) -> threading.Thread:
     return t
 
 
+def _job(d: Path | Case) -> str | Case:
+    """What a worker receives: a case folder's path, or the Case a discovery found (picklable)."""
+    return d if isinstance(d, Case) else str(d)
+
+
 def _run_serial(todo: list[Path], out_root: Path, cfg: dict, threads: int,
                 on_row: Callable[[Path, dict], None]) -> None:
     prev = None
@@ -177,7 +195,7 @@ def _run_pool(todo: list[Path], out_root: Path, cfg: dict, n_workers: int, threa
     with _thread_env(threads):
         pool = ProcessPoolExecutor(n_workers, mp_context=mp.get_context("spawn"),
                                    initializer=_worker_init, initargs=(threads, os.getpid()))
-        futs = {pool.submit(run_case, str(d), str(out_root), cfg, threads): d for d in todo}
+        futs = {pool.submit(run_case, _job(d), str(out_root), cfg, threads): d for d in todo}
     try:
         for fut in as_completed(futs):
             d = futs[fut]
@@ -223,7 +241,8 @@ def _run_dask(todo: list[Path], out_root: Path, cfg: dict, scheduler: str, threa
             f"{sum(w.get('nthreads', 0) for w in info.get('workers', {}).values())} threads")
         tag = uuid.uuid4().hex[:8]
         for d in todo:
-            fut = client.submit(run_case, str(d), str(out_root), cfg, threads, key=f"segment-{case_name(d)}-{tag}", pure=False)
+            fut = client.submit(run_case, _job(d), str(out_root), cfg, threads, key=f"segment-{case_name(d)}-{tag}",
+                                pure=False)
             futs[fut] = d
         for fut in as_completed(list(futs), loop=client.loop):
             d = futs[fut]

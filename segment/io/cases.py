@@ -24,6 +24,7 @@ from .nifti import (
     same_grid,
     strip_nifti_suffix,
 )
+from .formats import is_dicom_folder, is_image_name, strip_image_suffix
 from .register import apply_rigid
 
 #: Tokens that name each modality.
@@ -45,8 +46,8 @@ _SPLIT = re.compile(r"[-_.\s]+")
 
 
 def tokens(name: str) -> list[str]:
-    """Lower-case tokens of a file name without its NIfTI suffix."""
-    return [t for t in _SPLIT.split(strip_nifti_suffix(name).lower()) if t]
+    """Lower-case tokens of a file name without its image suffix (.nii.gz, .mha, .nrrd, .mgz...)."""
+    return [t for t in _SPLIT.split(strip_image_suffix(name).lower()) if t]
 
 
 def classify_file(name: str) -> tuple[str, str] | None:
@@ -101,8 +102,9 @@ def msd_case(image: Path, label: Path | None = None) -> Case:
 def find_case(case_dir: str | os.PathLike) -> Case:
     """Find the modality and ground-truth files of one case.
 
-    ``case_dir`` is a folder of NIfTI files named by modality (BraTS 2023, BraTS 2021, plain
-    names), or a folder holding a single four-channel 4-D image (MSD Task01 order FLAIR, T1w,
+    ``case_dir`` is a folder of images named by modality (BraTS 2023, BraTS 2021, plain
+    names; NIfTI, MetaImage, NRRD, MGH files or DICOM series sub-folders), a BIDS ``anat`` folder
+    (modality from the suffix and ``ce-``, see :mod:`segment.io.bids`; case ``sub-01[_ses-1]``), or a folder holding a single four-channel 4-D image (MSD Task01 order FLAIR, T1w,
     T1gd, T2w) with an optional label file, or an MSD image file itself (``imagesTr/X.nii.gz``,
     its labels taken from ``labelsTr/X.nii.gz``).
 
@@ -118,6 +120,11 @@ def find_case(case_dir: str | os.PathLike) -> Case:
         if is_nifti_name(root.name) and _n_channels(root) == len(MSD_CHANNELS):
             return msd_case(root)
         raise InputError(f"{root}: is a file, expected a folder holding one case's NIfTI files")
+    from .bids import anat_case
+
+    bids = anat_case(root)  # BIDS names (sub-01_ce-gd_T1w...): modality from suffix and entities
+    if bids is not None:
+        return bids
     images: dict[str, Path] = {}
     truth: dict[str, Path] = {}
     others: list[str] = []
@@ -125,14 +132,16 @@ def find_case(case_dir: str | os.PathLike) -> Case:
     for p in entries:
         if p.name.startswith("."):
             continue
-        if not p.is_file():
+        if p.is_dir() and not is_image_name(p.name) and is_dicom_folder(p):
+            pass  # a DICOM series folder named by modality (t1/, flair/ ...)
+        elif not p.is_file():
             # a name that claims an image but is a folder or a dangling link: never drop it silently
-            if is_nifti_name(p.name) and classify_file(p.name) is not None:
+            if is_image_name(p.name) and classify_file(p.name) is not None:
                 what = "a broken symbolic link" if p.is_symlink() and not p.exists() else (
                     "a folder" if p.is_dir() else "not a regular file")
-                raise InputError(f"{p}: is {what}, expected a NIfTI file; fix or remove it")
+                raise InputError(f"{p}: is {what}, expected an image file; fix or remove it")
             continue
-        if not is_nifti_name(p.name):
+        elif not is_image_name(p.name):
             others.append(p.name)
             continue
         kind = classify_file(p.name)
@@ -160,13 +169,14 @@ def find_case(case_dir: str | os.PathLike) -> Case:
         if not visible:
             raise InputError(f"{root}: case folder is empty")
         subdirs = [p.name for p in visible if p.is_dir()]
-        hint = f" (found non-NIfTI files: {', '.join(others[:4])})" if others else ""
+        hint = f" (found files of no image format: {', '.join(others[:4])})" if others else ""
         if subdirs and not others:
             hint = (f" (it holds folders: {', '.join(subdirs[:4])}; is it a folder of cases? "
                     "point --input or the case path at them)")
         raise InputError(
-            f"{root}: no image found; expected NIfTI files named by modality "
-            f"(t1/t1n, t1c/t1ce, t2/t2w, flair/t2f){hint}"
+            f"{root}: no image found; expected images (.nii/.nii.gz/.mha/.mhd/.nrrd/.mgz, or DICOM "
+            f"series folders) named by modality (t1/t1n, t1c/t1ce, t2/t2w, flair/t2f), or BIDS names "
+            f"(sub-01_T1w, sub-01_ce-gd_T1w, sub-01_T2w, sub-01_FLAIR){hint}"
         )
     return Case(case_id=root.name, images=images, truth=truth, root=root)
 

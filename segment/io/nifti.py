@@ -49,12 +49,13 @@ def load_volume(
     check_finite: bool = True,
     allow_empty: bool = False,
 ) -> Volume:
-    """Read a 3-D NIfTI image as a :class:`~segment.types.Volume`.
+    """Read a 3-D image as a :class:`~segment.types.Volume`.
 
     Parameters
     ----------
     path : path-like
-        A ``.nii`` or ``.nii.gz`` file.
+        A ``.nii`` or ``.nii.gz`` file; ``.mha``/``.mhd``, ``.nrrd``/``.nhdr``, ``.mgz``/``.mgh``
+        files and DICOM series folders are read by :func:`segment.io.formats.load_image`.
     channel : int, optional
         For a 4-D file, the index along the 4th axis to read (MSD layout). Without it a 4-D
         image with more than one volume is an error.
@@ -79,8 +80,16 @@ def load_volume(
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: file not found")
+    if not is_nifti_name(p):
+        from .formats import is_dicom_folder, is_image_name, load_image
+
+        if (p.is_dir() and is_dicom_folder(p)) or (p.is_file() and (is_image_name(p) or p.suffix.lower() == ".dcm")):
+            return load_image(p, channel=channel, dtype=dtype, check_finite=check_finite, allow_empty=allow_empty)
     if p.is_dir():
-        raise InputError(f"{p}: is a folder, expected a NIfTI file (.nii or .nii.gz)")
+        raise InputError(
+            f"{p}: is a folder, expected an image file (.nii, .nii.gz, .mha, .mhd, .nrrd, .mgz) "
+            "or a folder holding one DICOM series"
+        )
     if p.stat().st_size == 0:
         raise InputError(f"{p}: file is empty (0 bytes)")
     try:
