@@ -416,7 +416,10 @@ def case_flags(outputs: Mapping[str, Any], info: Mapping[str, Any], metrics: Map
     and the steps' own flags (fallbacks) under the thresholds ``batch.qc`` of the config."""
     from ..qc import CASE_FLAGS_KEY, measure, qc_flags, step_flags
 
-    row: dict[str, Any] = {"status": "ok", **dict(metrics or {}), **measure(outputs, info)}
+    measured = info.get("qc_measures")
+    if not isinstance(measured, Mapping):
+        measured = measure(outputs, info)
+    row: dict[str, Any] = {"status": "ok", **dict(metrics or {}), **measured}
     mix = info.get("mixture")
     if isinstance(mix, Mapping) and "converged" in mix:
         row["converged"] = bool(mix["converged"])
@@ -441,7 +444,11 @@ def write_case_records(seg, out_dir: str | os.PathLike, config, *, caselog: Case
     paths: dict[str, Path] = {}
     paths["volumes"] = write_volumes_csv(volumes_rows(seg), out / "volumes.csv")
     if flags is None:
-        flags = case_flags(outputs or {}, {**seg.info, "brain_volume_ml": _brain_ml(seg)}, metrics, config)
+        from ..qc import measure
+
+        # measured once: kept in seg.info["qc_measures"] for the report row (segment.publish.write_case)
+        seg.info["qc_measures"] = measure(outputs or {}, {"brain_volume_ml": _brain_ml(seg)})
+        flags = case_flags(outputs or {}, seg.info, metrics, config)
     caught = caselog.warnings if caselog is not None else []
     head = [f"# segment {_version()} case {seg.loaded.case.case_id}: {' '.join(sys.argv)}"]
     tail = [f"# step {k}: {v:.3f} s" for k, v in seg.timings.items()]
