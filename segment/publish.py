@@ -286,6 +286,8 @@ def write_case(case: Any, config: Any, out_root: str | os.PathLike, *, name: str
             warnings.simplefilter("always")
             result = segment_case(case, config, stage.path)
         caught = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in wlist))
+        # the case's own record: its fallbacks (log warnings) and load notes besides Python warnings
+        caught = list(dict.fromkeys([*result.info.get("warnings", []), *caught]))
         row: dict[str, Any] = {"case_id": name, "status": "ok", "error": ""}
         row.update(result.metrics)
         row.update(measure(result.outputs, result.info))
@@ -296,6 +298,7 @@ def write_case(case: Any, config: Any, out_root: str | os.PathLike, *, name: str
         if case_flags:
             row[CASE_FLAGS_KEY] = case_flags
         row["flags"] = "; ".join(qc_flags(row, config.batch.qc))
+        row["warnings"] = " | ".join(caught)  # shown on the review page beside the flags (a warning may hold "; ")
         row["seconds"] = round(time.perf_counter() - t0, 3)
         stage.write_manifest({
             "row": row, "config_digest": config_digest(config), "inputs": inputs,

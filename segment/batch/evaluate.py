@@ -4,11 +4,13 @@ from __future__ import annotations
 import os
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, SegmentError
 from ..io.nifti import is_nifti_name, strip_nifti_suffix
+from ..qc import CASE_FLAGS_KEY
 from .discovery import BatchUsageError
 from .reports import BatchReport, _Progress, write_reports
 from .running import one_line
@@ -112,6 +114,9 @@ def evaluate_pair(pred_path: Path, gt_path: Path, kind: str, *, tumor_coding: st
         kind = guess_label_kind(gt.data)
         if expect is not None and kind != expect:
             return None
+    if not np.any(gt.data):
+        warnings.warn(f"{gt_path}: ground truth is empty (every voxel 0): its scores only say whether "
+                      "the prediction is empty too", UserWarning, stacklevel=2)
     if kind == "tumor":
         p = map_tumor_labels(pred.data, tumor_coding, source=pred_path.name)
         g = map_tumor_labels(gt.data, tumor_coding, source=gt_path.name)
@@ -182,7 +187,11 @@ def evaluate_folders(pred_root: str | os.PathLike, gt_root: str | os.PathLike,
                     )
                 kinds = []
                 for k, expect, pp, gp in pairs:
-                    m = evaluate_pair(pp, gp, k, expect=expect)
+                    with warnings.catch_warnings(record=True) as wlist:
+                        warnings.simplefilter("always")
+                        m = evaluate_pair(pp, gp, k, expect=expect)
+                    if wlist:
+                        row.setdefault(CASE_FLAGS_KEY, []).extend(str(w.message) for w in wlist)
                     if m is None:
                         continue
                     kinds.append(m.pop("kind"))

@@ -14,6 +14,7 @@ import threading
 import time
 import traceback
 import uuid
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -95,21 +96,27 @@ def run_case(case_dir: str | os.PathLike, out_root: str | os.PathLike, config_di
     row: dict[str, Any] = {"case_id": name, "status": "ok", "error": ""}
     _set_numba_threads(numba_threads or _dask_worker_threads())
     caught: list[str] = []
+    outer: list = []
     try:
-        config = config_from_dict(dict(config_dict))
-        if isinstance(case_dir, Case) and not case_dir.images and case_dir.root is not None:
-            from ..io.cases import find_case
+        # every warning of this case (also from reading its files) goes to the run log with the
+        # case's name, never bare to the worker's stderr
+        with warnings.catch_warnings(record=True) as outer:
+            warnings.simplefilter("always")
+            config = config_from_dict(dict(config_dict))
+            if isinstance(case_dir, Case) and not case_dir.images and case_dir.root is not None:
+                from ..io.cases import find_case
 
-            find_case(case_dir.root)  # raises the finder's one-line reason (no image of a known name)
-            raise InputError(f"{case_dir.root}: no T1w, T2w or FLAIR image with a BIDS name")
-        inputs = input_fingerprint(case_dir)
-        _, row, caught = write_case(case_dir, config, out_root, name=name, inputs=inputs)
+                find_case(case_dir.root)  # raises the finder's one-line reason (no image of a known name)
+                raise InputError(f"{case_dir.root}: no T1w, T2w or FLAIR image with a BIDS name")
+            inputs = input_fingerprint(case_dir)
+            _, row, caught = write_case(case_dir, config, out_root, name=name, inputs=inputs)
     except SegmentError as exc:
         row.update(status="failed", error=one_line(str(exc)))
     except Exception as exc:  # a bug or an unexpected library error: keep going, keep the reason
         row.update(status="failed", error=failure_message(exc, case_root(case_dir) or Path(name)))
         row["_traceback"] = traceback.format_exc()
     row["seconds"] = round(time.perf_counter() - t0, 3)
+    caught = list(dict.fromkeys([*caught, *(f"{w.category.__name__}: {w.message}" for w in outer or [])]))
     if caught:
         row["_warnings"] = caught
     return row

@@ -202,6 +202,9 @@ class LoadedCase:
     #: Rigid world-space (RAS mm) transforms applied to series before resampling, by modality
     #: (``new_affine = matrix @ affine``); series absent here kept their physical alignment.
     registered: dict[str, np.ndarray] = field(default_factory=dict)
+    #: Field of view of each resampled series on the reference grid (True inside): voxels
+    #: outside it hold no measurement of that series (series absent here cover every voxel).
+    fov: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def grid(self) -> Volume:
@@ -272,6 +275,7 @@ def load_case(
     notes: list[str] = []
     registered: dict[str, np.ndarray] = {}
     coverage: np.ndarray | None = None
+    fov: dict[str, np.ndarray] = {}
     ref_preprocessed = _zero_background(ref_ras.data)
     for m in wanted:
         vol = raw[m]
@@ -296,6 +300,8 @@ def load_case(
             images[m] = resample_to(vol, ref_ras, order=1)
             resampled.append(m)
             inside = resample_to(vol.with_data(np.ones(vol.shape, np.float32)), ref_ras, order=1).data > 0.999
+            if not inside.all():
+                fov[m] = inside
             coverage = inside if coverage is None else coverage & inside
     truth: dict[str, Volume] = {}
     for kind, path in case.truth.items():
@@ -311,7 +317,7 @@ def load_case(
         truth[kind] = reorient_to_ras(t)
     return LoadedCase(
         case=case, reference=reference, images=images, truth=truth, resampled=resampled,
-        coverage=coverage, notes=notes, registered=registered,
+        coverage=coverage, notes=notes, registered=registered, fov=fov,
     )
 
 
