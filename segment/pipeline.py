@@ -313,7 +313,7 @@ def label_outside_fov(loaded: LoadedCase, healthy: np.ndarray, feats: dict[str, 
         labels[rows] = sub_labels[rows]
         probs[rows] = sub_probs[rows]
         log.info("%.0f mL of brain outside the field of view of %s: labelled from %s", ml, absent, sub)
-        if ml >= 1.0:
+        if ml >= 0.02 * float(np.count_nonzero(healthy)) * vox_ml:  # a few mL at a series' edge is normal
             flags.append(f"{ml:.0f} mL of brain outside the field of view of {', '.join(absent)}: "
                          f"labelled from {', '.join(sub)} alone")
     return flags
