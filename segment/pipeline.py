@@ -686,7 +686,7 @@ def segment_case(
         case = find_case(case)
     from .report.provenance import CaseLog, write_case_records
 
-    with CaseLog() as caselog:  # every log record and warning of this case, for segment.log / provenance
+    with CaseLog(label=case.case_id) as caselog:  # every log record and warning of this case, for segment.log / provenance
         seg = run_pipeline(case, config)
         metrics = compute_metrics(seg, config)
         outputs: dict[str, Path] = {}
