@@ -322,7 +322,9 @@ def label_outside_fov(loaded: LoadedCase, healthy: np.ndarray, feats: dict[str, 
         X = np.stack([feats[m][healthy][take] for m in sub], axis=1).astype(np.float64)
         in_fit = np.zeros(take.size, dtype=bool)
         in_fit[: fit_idx.size] = True
-        sub_labels, sub_probs, _ = fit_tissue_mixture(X, sub, config, fit_rows=in_fit)
+        # the plain mixture: a few edge voxels do not need the slower partial-volume EM
+        plain = config.model_copy(update={"mixture": config.mixture.model_copy(update={"partial_volume": False})})
+        sub_labels, sub_probs, _ = fit_tissue_mixture(X, sub, plain, fit_rows=in_fit)
         labels[row_idx] = sub_labels[fit_idx.size:]
         probs[row_idx] = sub_probs[fit_idx.size:]
         log.info("%.0f mL of brain outside the field of view of %s: labelled from %s", ml, absent, sub)
