@@ -348,7 +348,6 @@ def _head_stats(arr: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.nda
     return c, d @ d.T / max(idx.shape[0], 1)
 
 
-@dataclass(frozen=True, eq=False)
 class TemplateRegistration:
     """Outcome of :func:`register_template`.
 
@@ -381,15 +380,32 @@ class TemplateRegistration:
         Singular values of the linear part of ``matrix`` (subject size / template size).
     """
 
-    matrix: np.ndarray
-    metric: float
-    similarity: float
-    seconds: float
-    flags: list[str]
-    template: Volume
-    brain_only: bool = False
-    orientation: np.ndarray = field(default_factory=lambda: np.eye(3))
-    scales: np.ndarray = field(default_factory=lambda: np.ones(3))
+    # a plain class, not a dataclass: JSON writers (segment.report.tables.to_jsonable) then write
+    # its summary line instead of the template's voxels; to_dict() gives the numbers
+
+    def __init__(self, matrix: np.ndarray, metric: float, similarity: float, seconds: float,
+                 flags: list[str], template: Volume, brain_only: bool = False,
+                 orientation: np.ndarray | None = None, scales: np.ndarray | None = None) -> None:
+        self.matrix = np.asarray(matrix, float)
+        self.metric = float(metric)
+        self.similarity = float(similarity)
+        self.seconds = float(seconds)
+        self.flags = list(flags)
+        self.template = template
+        self.brain_only = bool(brain_only)
+        self.orientation = np.eye(3) if orientation is None else np.asarray(orientation, float)
+        self.scales = np.ones(3) if scales is None else np.asarray(scales, float)
+
+    def to_dict(self) -> dict[str, object]:
+        """The numbers (JSON-ready lists and floats), without the template's voxels."""
+        return {"matrix": self.matrix.round(6).tolist(), "metric": round(self.metric, 5),
+                "similarity": round(self.similarity, 4), "seconds": round(self.seconds, 3),
+                "flags": list(self.flags), "brain_only": self.brain_only,
+                "scales": self.scales.round(4).tolist()}
+
+    def __repr__(self) -> str:
+        return f"TemplateRegistration({self.summary()})"
+
 
     def voxel_map(self, reference: Volume) -> np.ndarray:
         """4x4 map from ``reference`` voxel indices to template voxel indices."""
@@ -422,14 +438,31 @@ class TemplateRegistration:
         if a.shape != self.template.shape:
             raise ValueError(f"template_array has shape {a.shape}, the template grid is {self.template.shape}")
         m = self.voxel_map(reference)
-        if order == 0:
-            src = a.astype(np.uint8) if a.dtype == bool else a
-            out = ndi.affine_transform(src, m[:3, :3], offset=m[:3, 3], output_shape=reference.shape,
-                                       order=0, mode="constant", cval=cval)
+        src = a.astype(np.uint8) if (order == 0 and a.dtype == bool) else a
+        if order != 0:
+            src = src.astype(np.float32)
+        dtype = src.dtype
+        out = np.full(reference.shape, cval, dtype=dtype)
+        # only the reference box that the array's support (values != cval) maps into
+        nz = np.nonzero(a != cval)
+        if nz[0].size == 0:
             return out.astype(bool) if a.dtype == bool else out
-        return ndi.affine_transform(a.astype(np.float32), m[:3, :3], offset=m[:3, 3],
-                                    output_shape=reference.shape, order=int(order), mode="constant",
-                                    cval=cval, prefilter=order > 1)
+        lo = np.array([i.min() for i in nz], float) - 1.0
+        hi = np.array([i.max() for i in nz], float) + 1.0
+        corners = np.array(np.meshgrid(*zip(lo, hi), indexing="ij")).reshape(3, -1)
+        inv = np.linalg.inv(m)
+        ref_c = inv[:3, :3] @ corners + inv[:3, 3:4]
+        b_lo = np.clip(np.floor(ref_c.min(axis=1)).astype(int) - 1, 0, None)
+        b_hi = np.minimum(np.ceil(ref_c.max(axis=1)).astype(int) + 2, reference.shape)
+        if np.any(b_hi <= b_lo):
+            return out.astype(bool) if a.dtype == bool else out
+        # voxel map of the box: template index = m @ (box index + b_lo)
+        offset = m[:3, :3] @ b_lo + m[:3, 3]
+        box = tuple(slice(int(x), int(y)) for x, y in zip(b_lo, b_hi))
+        out[box] = ndi.affine_transform(src, m[:3, :3], offset=offset, output_shape=tuple(b_hi - b_lo),
+                                        order=int(order), mode="constant", cval=cval,
+                                        prefilter=order > 1)
+        return out.astype(bool) if a.dtype == bool else out
 
     def summary(self) -> str:
         s = ", ".join(f"{v:.2f}" for v in self.scales)
