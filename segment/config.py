@@ -57,8 +57,12 @@ class SkullstripConfig(_Strict):
         "false: the image-only method"
     )
     band_mm: float = Field(
-        6.0, ge=1, le=20, description="half-width (mm) of the band around the warped template brain's edge "
-        "where the image decides each voxel"
+        3.0, ge=0.5, le=20, description="the image may add at most this much (mm) outside the warped "
+        "template brain's edge"
+    )
+    band_inner_mm: float = Field(
+        6.0, ge=0.5, le=20, description="the image may take away at most this much (mm) inside the warped "
+        "template brain's edge (smaller or atrophied brains); deeper, the template brain is kept"
     )
     register_brain_only: bool = Field(
         True, description="also register the template's brain to brain-only inputs (the transform is kept "

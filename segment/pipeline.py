@@ -99,6 +99,7 @@ def brain_mask_step(loaded: LoadedCase, config: Config) -> tuple[np.ndarray, dic
     elif opts.template:
         mask, tinfo = template_brain_mask(
             vols, list(loaded.modalities), seed=config.seed, band_mm=opts.band_mm,
+            band_inner_mm=opts.band_inner_mm,
             min_ml=opts.min_volume_ml, max_ml=opts.max_volume_ml,
             min_template_dice=opts.min_template_dice, poor_metric=opts.poor_metric,
         )
