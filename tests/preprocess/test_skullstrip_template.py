@@ -91,3 +91,57 @@ def test_poor_registration_falls_back_and_flags():
         assert "empty brain mask" in str(exc) or "no head" in str(exc)
         return
     assert "registration_poor" in info["flags"] and "skullstrip_without_template" in info["flags"]
+
+
+def _loaded(tmp_path, vol: Volume, name: str = "t1"):
+    from segment.io.cases import find_case, load_case
+    from segment.io.nifti import save_volume
+
+    d = tmp_path / "case"
+    d.mkdir(exist_ok=True)
+    save_volume(vol.data, vol.affine, d / f"{name}.nii.gz", dtype=np.float32)
+    return load_case(find_case(d))
+
+
+def test_brain_mask_step_gives_flags_and_registration(tmp_path, moved_head):
+    from segment.config import Config, config_from_dict
+    from segment.io.register import TemplateRegistration
+    from segment.pipeline import brain_mask_step
+
+    vol, truth = moved_head
+    loaded = _loaded(tmp_path, vol)
+    mask, info = brain_mask_step(loaded, Config())
+    assert isinstance(info["registration"], TemplateRegistration)
+    assert info["mask_method"] == "skullstrip" and info["mask_prior"] == "template"
+    assert info["flags"] == []
+    assert _dice(mask, truth) > 0.93
+    # a threshold that this brain breaks is flagged, not silent
+    cfg = config_from_dict({"preprocess": {"skullstrip_options": {"max_volume_ml": 1000}}})
+    _, info2 = brain_mask_step(loaded, cfg)
+    assert "brain_volume_implausible" in info2["flags"]
+    # the image-only method on request
+    cfg = config_from_dict({"preprocess": {"skullstrip_options": {"template": False}}})
+    _, info3 = brain_mask_step(loaded, cfg)
+    assert info3["mask_prior"] == "none" and "registration" not in info3
+
+
+def test_brain_only_input_is_registered_too(tmp_path):
+    """A brain-only image keeps its non-zero mask; the template's brain is registered to it."""
+    from segment.config import Config
+    from segment.pipeline import brain_mask_step
+
+    tpl = load_template()
+    m = rigid_matrix((0.0, 0.0, 8.0), (4.0, -3.0, 5.0))
+    vox = np.linalg.inv(tpl.head.affine) @ np.linalg.inv(m) @ tpl.head.affine
+    brain = ndi.affine_transform(tpl.brain.data, vox[:3, :3], offset=vox[:3, 3], order=1)
+    brain[brain < 0.05 * brain.max()] = 0
+    loaded = _loaded(tmp_path, Volume(brain.astype(np.float32), tpl.head.affine))
+    mask, info = brain_mask_step(loaded, Config())
+    assert info["mask_method"] == "nonzero"
+    nonzero = loaded.images["t1"].data != 0
+    assert mask[nonzero].all() and mask.sum() < 1.01 * nonzero.sum()  # the non-zero region, holes filled
+    reg = info["registration"]
+    assert reg.brain_only and "registration_poor" not in info["flags"]
+    idx = np.argwhere(tpl.brain_mask.data)[::11]
+    pts = tpl.head.affine @ np.c_[idx, np.ones(len(idx))].T
+    assert np.linalg.norm((reg.matrix @ pts - m @ pts)[:3], axis=0).max() < 2.0
