@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modality", choices=["t1", "t1c", "t2", "flair"], default=None,
                    help="the image's contrast (sets the brain intensity range); default: from the file name "
                    "(e.g. sub-01_T2w.nii.gz, flair.nii.gz), else t1")
+    p.add_argument("--no-template", dest="template", action="store_false",
+                   help="image-only method, without the registered head template as the prior")
 
     p = sub.add_parser(
         "evaluate", help="compare a label map with a ground truth (JSON), or two folders (report.csv)",
@@ -147,6 +149,7 @@ def cmd_skullstrip(args: argparse.Namespace) -> int:
 
     vol = load_volume(args.image)
     ras = reorient_to_ras(vol)
+    flags: list[str] = []
     if is_brain_only(ras.data):
         mask = brain_mask_nonzero(ras.data, ras.spacing)
     else:
@@ -156,13 +159,21 @@ def cmd_skullstrip(args: argparse.Namespace) -> int:
 
             kind = classify_file(args.image.name)
             modality = kind[1] if kind and kind[0] == "image" else "t1"
-        mask = skullstrip([ras.data], ras.spacing, modalities=[modality])
+        if getattr(args, "template", True):
+            from .preprocess.skullstrip import template_brain_mask
+
+            mask, info = template_brain_mask([ras], [modality])
+            flags = list(info["flags"])
+        else:
+            mask = skullstrip([ras.data], ras.spacing, modalities=[modality])
     mask = fill_holes(mask)
     if not mask.any():
         raise SegmentError(f"{args.image}: empty brain mask")
     save_volume(from_ras(mask.astype(np.uint8), vol), vol.affine, args.out, dtype=np.uint8)
     ml = float(mask.sum() * vol.voxel_volume / 1000)
-    print(json.dumps({"mask": str(args.out), "brain_volume_ml": round(ml, 1)}))
+    for f in flags:
+        print(f"segment: warning: {args.image}: {f} (brain mask {ml:.0f} mL)", file=sys.stderr)
+    print(json.dumps({"mask": str(args.out), "brain_volume_ml": round(ml, 1), "flags": flags}))
     return 0
 
 

@@ -145,3 +145,31 @@ def test_brain_only_input_is_registered_too(tmp_path):
     idx = np.argwhere(tpl.brain_mask.data)[::11]
     pts = tpl.head.affine @ np.c_[idx, np.ones(len(idx))].T
     assert np.linalg.norm((reg.matrix @ pts - m @ pts)[:3], axis=0).max() < 2.0
+
+
+def test_cli_skullstrip_uses_the_template_and_warns(tmp_path, moved_head, capsys):
+    import json
+
+    import nibabel as nib
+
+    from segment.cli import main
+    from segment.io.nifti import save_volume
+
+    vol, truth = moved_head
+    src = tmp_path / "head_t1.nii.gz"
+    save_volume(vol.data, vol.affine, src, dtype=np.float32)
+    out = tmp_path / "mask.nii.gz"
+    assert main(["skullstrip", str(src), "--out", str(out)]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["flags"] == []
+    mask = np.asarray(nib.load(str(out)).dataobj) > 0
+    assert _dice(mask, truth) > 0.93
+    # a whole head passed as 'brain' would be flagged on stderr: here, a mask made implausible by
+    # a tiny voxel size in the header (same voxels, 1/8 of the volume)
+    small = vol.affine.copy()
+    small[:3, :3] /= 2.0
+    save_volume(vol.data, small, src, dtype=np.float32)
+    assert main(["skullstrip", str(src), "--out", str(out)]) == 0
+    cap = capsys.readouterr()
+    assert "brain_volume_implausible" in json.loads(cap.out)["flags"]
+    assert "warning" in cap.err and "brain_volume_implausible" in cap.err
