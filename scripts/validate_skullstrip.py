@@ -117,16 +117,20 @@ def variants(head: Volume, truth: np.ndarray, name: str, seed: int = 0):
     c = head.affine @ np.append((np.asarray(head.shape) - 1) / 2.0, 1.0)
     data = head.data
     brain_med = float(np.median(data[truth]))
-    # re-oriented head: rotated 20 deg (pitch) and 12 deg (roll), resampled
+    # re-oriented head: tilted 20 deg (pitch) and 12 deg (yaw) in the scanner, slices still
+    # scanner-aligned (the image resampled)
     m = rigid_matrix((20.0, 0.0, 12.0), (0.0, 0.0, 0.0), c[:3])
     moved = Volume(data, m @ head.affine)
     img, t = _resample_grid(moved, truth, head.affine, head.shape)
-    yield "re-oriented 20/12 deg", "head rotated 20 deg about L-R and 12 deg about S-I (resampled)", img, t
-    # wrong orientation header: the stored axes relabelled (header says coronal, data axial)
-    perm = np.eye(4)[[0, 2, 1, 3]]
-    perm[1] *= -1
-    yield ("wrong orientation header", "header rotated 90 deg about L-R (data untouched): the head lies "
-           "on its back in world space", Volume(data, head.affine @ perm), truth)
+    yield ("tilted 20/12 deg, resampled", "head rotated 20 deg about L-R and 12 deg about S-I, resampled "
+           "onto the original grid (partly out of the field of view)", img, t)
+    yield ("oblique 20/12 deg", "the same rotation in the header only: an oblique acquisition "
+           "(voxels untouched)", Volume(data, m @ head.affine), truth)
+    # wrong orientation header: direction cosines rotated 90 deg about L-R (data untouched): the
+    # header says the head lies on its back
+    w = rigid_matrix((90.0, 0.0, 0.0), (0.0, 0.0, 0.0), c[:3])
+    yield ("wrong orientation header", "header rotated 90 deg about L-R (voxels untouched): the head "
+           "lies on its back in world space", Volume(data, w @ head.affine), truth)
     sp = np.asarray(head.spacing)
     if sp[2] < 2.5:
         # 3 mm slices, 48 of them, from the vertex down (a 240x240x48 clinical stack covers 144 mm)
@@ -225,9 +229,10 @@ def main(argv: list[str] | None = None) -> int:
           fig="skullstrip_mni152_fsl.png")
     for label, what, img, truth in variants(mni, mni_mask, "mni"):
         score("synthetic", f"MNI152 head, {label}", [img], ["t1"], truth, what=what, real=False,
-              fig=f"skullstrip_syn_mni_{label.split()[0].replace('-', '')}.png" if "48" in label or "wrong" in label else None)
+              fig=f"skullstrip_syn_mni_{label.split()[0]}.png" if label.split()[0] in ("48", "wrong") else None)
     for label, what, img, truth in variants(t1c, hd, "tcia"):
-        score("synthetic", f"tcia t1c, {label}", [img], ["t1c"], truth, what=what, real=False)
+        score("synthetic", f"tcia t1c, {label}", [img], ["t1c"], truth, what=what, real=False,
+              fig=f"skullstrip_syn_tcia_{label.split()[0]}.png" if label.split()[0] in ("tilted", "wrong") else None)
 
     write_doc(args, rows)
     real = [r for r in rows if r["real"]]
@@ -258,8 +263,9 @@ def write_doc(args, rows) -> None:
         "(2 mm, `segment/atlas/data`) is the moving image, the subject's most T1-like series the fixed "
         "one (so a cropped field of view samples only what it shows). Centres of mass aligned; a coarse "
         "search at 8 mm over the 24 axis rotations (wrong orientation headers, patients scanned in "
-        "another position) and shifts of +-25 mm along each axis (cropped fields of view), scored by "
-        "Mattes mutual information on every voxel; a similarity transform from the two best starts at "
+        "another position), shifts of +-25 mm along each axis (cropped fields of view) and tilts of "
+        "+-20 degrees about each axis of the best starts (tilted heads, oblique slices), scored by "
+        "Mattes mutual information on every voxel; a similarity transform from the three best starts at "
         "6 mm, the winner refined at 4 mm, then a full affine at 6 and 4 mm (rejected, with a flag, "
         "when an axis scale leaves 0.7-1.45). SimpleITK, 1 thread, seeded sampling: bit-for-bit "
         "reproducible.",

@@ -484,6 +484,7 @@ def register_template(
     levels_mm: tuple[float, ...] = (6.0, 4.0),
     search_mm: float = 8.0,
     search_shifts_mm: float = 25.0,
+    tilt_deg: float = 20.0,
     samples: int = 10_000,
     bins: int = 32,
     iterations: int = 80,
@@ -496,9 +497,10 @@ def register_template(
 
     Steps: (1) a coarse search at ``search_mm`` over the 24 axis rotations (wrong orientation
     headers, patients scanned in another position) and shifts of ``+-search_shifts_mm`` along
-    each axis around the centre-of-mass alignment (cropped fields of view), scored by the
+    each axis around the centre-of-mass alignment (cropped fields of view), then the best of
+    those tilted by ``+-tilt_deg`` about each axis (tilted heads, oblique slices), scored by the
     mutual information with every voxel; (2) a similarity transform (rotation, shift, one scale)
-    from the three best starts, the best metric wins; (3) a full affine from it, rejected (the
+    from the three best starts at the first level, the best continued at the finer levels; (3) a full affine from it, rejected (the
     similarity kept, a flag raised) when its axis scales leave ``max_scale``.
 
     Parameters
@@ -520,6 +522,9 @@ def register_template(
         Voxel size (mm) of the levels of the similarity and affine fits, coarse to fine.
     search_mm, search_shifts_mm : float
         Voxel size of the coarse search and the shift of its translation starts.
+    tilt_deg : float
+        The best starts are also tried tilted by this much about each axis (tilted heads,
+        oblique slices).
     samples, bins, iterations :
         Metric samples per level (random, with ``seed``), histogram bins and optimiser
         iterations per level.
@@ -572,7 +577,7 @@ def register_template(
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(threads))
     try:
         return _register_template(sitk, subject, tpl_vol, template, brain_only, t0, seed, threads,
-                                  levels_mm, search_mm, search_shifts_mm, samples, bins, iterations,
+                                  levels_mm, search_mm, search_shifts_mm, tilt_deg, samples, bins, iterations,
                                   affine, poor_metric, max_scale)
     finally:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(old_threads)
@@ -590,7 +595,7 @@ def _clipped(vol: Volume) -> Volume:
 
 
 def _register_template(sitk, subject, tpl_vol, template, brain_only, t0, seed, threads, levels_mm,
-                       search_mm, search_shifts_mm, samples, bins, iterations, affine, poor_metric,
+                       search_mm, search_shifts_mm, tilt_deg, samples, bins, iterations, affine, poor_metric,
                        max_scale) -> TemplateRegistration:
     subj = _clipped(subject)
     tpl = _clipped(tpl_vol)
@@ -698,11 +703,26 @@ def _register_template(sitk, subject, tpl_vol, template, brain_only, t0, seed, t
         if s[1] not in seen:
             seen.add(s[1])
             best_per_rot.append(s)
-    # the three best rotations, plus the header's orientation (its best shift) if not among them
-    cands = best_per_rot[:2]
+    # tilted heads and oblique slices: the best start of the two best rotations (and of the
+    # header's) tilted by +-tilt_deg about each axis through the subject's centre of mass
+    tilted = []
+    for v0, k, m0 in [s for s in best_per_rot[:2]] + [s for s in best_per_rot if s[1] == 0][:1]:
+        for axis in range(3):
+            for sign in (-1.0, 1.0):
+                ang = [0.0, 0.0, 0.0]
+                ang[axis] = sign * float(tilt_deg)
+                m_t = rigid_matrix(tuple(ang), (0.0, 0.0, 0.0), tuple(c_s)) @ m0
+                try:
+                    v = evaluate(f_s, m_s, m_t)
+                except RuntimeError:
+                    continue
+                tilted.append((v + (0.0 if k == 0 else 0.002), k, m_t))
+    # similarity fits from the three best starts (distinct transforms), plus the header's
+    # orientation (its best start) if not among them
+    pool = sorted(best_per_rot + tilted, key=lambda s: s[0])
+    cands = pool[:3]
     if all(s[1] != 0 for s in cands):
-        ident = [s for s in best_per_rot if s[1] == 0]
-        cands = cands + ident[:1]
+        cands = cands + [s for s in pool if s[1] == 0][:1]
 
     # (2) similarity fit from each start, the best metric on the finest level wins
     fine = min(levels_mm)
