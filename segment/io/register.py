@@ -485,6 +485,7 @@ def register_template(
     search_mm: float = 8.0,
     search_shifts_mm: float = 25.0,
     tilt_deg: float = 20.0,
+    focus_mm: float = 12.0,
     samples: int = 10_000,
     bins: int = 32,
     iterations: int = 80,
@@ -525,6 +526,9 @@ def register_template(
     tilt_deg : float
         The best starts are also tried tilted by this much about each axis (tilted heads,
         oblique slices).
+    focus_mm : float
+        Heads: a last affine fit with the metric restricted to the warped template brain dilated
+        by this much (0: off), so scalp and neck do not pull the brain's fit.
     samples, bins, iterations :
         Metric samples per level (random, with ``seed``), histogram bins and optimiser
         iterations per level.
@@ -577,7 +581,7 @@ def register_template(
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(threads))
     try:
         return _register_template(sitk, subject, tpl_vol, template, brain_only, t0, seed, threads,
-                                  levels_mm, search_mm, search_shifts_mm, tilt_deg, samples, bins, iterations,
+                                  levels_mm, search_mm, search_shifts_mm, tilt_deg, focus_mm, samples, bins, iterations,
                                   affine, poor_metric, max_scale)
     finally:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(old_threads)
@@ -595,7 +599,7 @@ def _clipped(vol: Volume) -> Volume:
 
 
 def _register_template(sitk, subject, tpl_vol, template, brain_only, t0, seed, threads, levels_mm,
-                       search_mm, search_shifts_mm, tilt_deg, samples, bins, iterations, affine, poor_metric,
+                       search_mm, search_shifts_mm, tilt_deg, focus_mm, samples, bins, iterations, affine, poor_metric,
                        max_scale) -> TemplateRegistration:
     subj = _clipped(subject)
     tpl = _clipped(tpl_vol)
@@ -777,12 +781,48 @@ def _register_template(sitk, subject, tpl_vol, template, brain_only, t0, seed, t
         except RuntimeError:
             flags.append("registration_affine_rejected")
 
-    sv = np.linalg.svd(m_best[:3, :3], compute_uv=False)
-    # correlation inside the warped template's foreground, on the finest level
-    reg_partial = TemplateRegistration(m_best, metric, 0.0, 0.0, [], tpl_vol, brain_only)
     f_arr = sitk.GetArrayFromImage(f_fine).transpose(2, 1, 0)
     f_aff = _FLIP @ _affine_lps(f_fine)
     ref = Volume(np.zeros(f_arr.shape, np.float32), f_aff)
+
+    # (4) brain focus (as antsBrainExtraction's second stage): the affine again at the finest
+    # level, the metric restricted to the warped template brain dilated by focus_mm, so the
+    # scalp and neck (whose thickness varies between heads) do not pull the brain's fit
+    if affine and focus_mm > 0 and not brain_only:
+        from scipy import ndimage as ndi
+
+        reg0 = TemplateRegistration(m_best, metric, 0.0, 0.0, [], tpl_vol, brain_only)
+        pm = reg0.warp(template.brain_mask.data, 0, ref)
+        if pm.any():
+            near = ndi.distance_transform_edt(~pm, sampling=np.asarray(f_fine.GetSpacing())) <= focus_mm
+            mask_img = sitk.GetImageFromArray(near.transpose(2, 1, 0).astype(np.uint8))
+            mask_img.CopyInformation(f_fine)
+
+            def masked(m_ras: np.ndarray) -> float:
+                r = method(1, None)
+                r.SetMetricFixedMask(mask_img)
+                r.SetInitialTransform(to_itk(m_ras, "affine"), inPlace=False)
+                return float(r.MetricEvaluate(f_fine, m_fine))
+
+            tx = to_itk(m_best, "affine")
+            try:
+                before = masked(m_best)
+                r = method(iterations, min(1.0, pct(f_fine) * near.size / max(int(near.sum()), 1)))
+                r.SetMetricFixedMask(mask_img)
+                r.SetInitialTransform(tx, inPlace=True)
+                r.Execute(f_fine, m_fine)
+                m_foc = to_ras(tx)
+                sv = np.linalg.svd(m_foc[:3, :3], compute_uv=False)
+                if (np.all(np.isfinite(m_foc)) and sv.min() >= max_scale[0] and sv.max() <= max_scale[1]
+                        and masked(m_foc) <= before):
+                    m_best = m_foc
+                    metric = evaluate(f_fine, m_fine, m_best)
+            except RuntimeError:
+                pass
+
+    sv = np.linalg.svd(m_best[:3, :3], compute_uv=False)
+    # correlation inside the warped template's foreground, on the finest level
+    reg_partial = TemplateRegistration(m_best, metric, 0.0, 0.0, [], tpl_vol, brain_only)
     warped = reg_partial.warp(tpl.data, 1, ref)
     fg = reg_partial.warp((template.brain_fraction.data if brain_only else
                            (tpl.data > 0.1 * float(np.percentile(tpl.data[tpl.data > 0], 50))).astype(np.float32)),
