@@ -485,7 +485,7 @@ def register_template(
     search_mm: float = 8.0,
     search_shifts_mm: float = 25.0,
     tilt_deg: float = 20.0,
-    focus_mm: float = 12.0,
+    focus_mm: float = 0.0,
     samples: int = 10_000,
     bins: int = 32,
     iterations: int = 80,
@@ -528,7 +528,9 @@ def register_template(
         oblique slices).
     focus_mm : float
         Heads: a last affine fit with the metric restricted to the warped template brain dilated
-        by this much (0: off), so scalp and neck do not pull the brain's fit.
+        by this much, so scalp and neck do not pull the brain's fit. Off (0) by default: with
+        12 mm on tcia_raw the refined masks changed by +0.001 (t1c), +0.002 (t1), -0.002 (flair)
+        and -0.021 (t2) Dice, for ~1.5 s more.
     samples, bins, iterations :
         Metric samples per level (random, with ``seed``), histogram bins and optimiser
         iterations per level.
