@@ -500,6 +500,10 @@ def skullstrip(
         raise InputError("empty brain mask: no head found in the image (foreground < 50 mL)")
     idx = np.nonzero(head_full)
     margin = [int(np.ceil(5.0 / s)) + 1 for s in sp]
+    if prior is not None and (prior > 0.5).any():
+        # only the template brain's box (+ the band and 10 mm) is needed: faster morphology
+        idx = np.nonzero(head_full & (prior > 0.5))
+        margin = [int(np.ceil((band_mm + 10.0) / s)) + 1 for s in sp]
     box = tuple(
         slice(max(int(ix.min()) - m, 0), min(int(ix.max()) + m + 1, n))
         for ix, m, n in zip(idx, margin, shape)
