@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modality", choices=["t1", "t1c", "t2", "flair"], default=None,
                    help="the image's contrast (sets the brain intensity range); default: from the file name "
                    "(e.g. sub-01_T2w.nii.gz, flair.nii.gz), else t1")
+    p.add_argument("--no-template", dest="template", action="store_false",
+                   help="image-only method, without the registered head template as the prior")
 
     p = sub.add_parser(
         "evaluate", help="compare a label map with a ground truth (JSON), or two folders (report.csv)",
@@ -241,6 +243,7 @@ def cmd_skullstrip(args: argparse.Namespace) -> int:
     _check_writable([paths[k] for k in wanted], args.image)
     vol = load_volume(args.image)
     ras = reorient_to_ras(vol)
+    flags: list[str] = []
     if is_brain_only(ras.data):
         mask = brain_mask_nonzero(ras.data, ras.spacing)
     else:
@@ -250,7 +253,13 @@ def cmd_skullstrip(args: argparse.Namespace) -> int:
 
             kind = classify_file(args.image.name)
             modality = kind[1] if kind and kind[0] == "image" else "t1"
-        mask = skullstrip([ras.data], ras.spacing, modalities=[modality])
+        if getattr(args, "template", True):
+            from .preprocess.skullstrip import template_brain_mask
+
+            mask, info = template_brain_mask([ras], [modality])
+            flags = list(info["flags"])
+        else:
+            mask = skullstrip([ras.data], ras.spacing, modalities=[modality])
     mask = fill_holes(mask)
     if not mask.any():
         raise SegmentError(f"{args.image}: empty brain mask")
@@ -269,7 +278,9 @@ def cmd_skullstrip(args: argparse.Namespace) -> int:
         written["bias_corrected"] = str(save_volume(from_ras(corrected, vol), vol.affine, paths["biascorr"],
                                                     dtype=np.float32))
     ml = float(mask.sum() * vol.voxel_volume / 1000)
-    print(json.dumps({**written, "brain_volume_ml": round(ml, 1)}))
+    for f in flags:
+        print(f"segment: warning: {args.image}: {f} (brain mask {ml:.0f} mL)", file=sys.stderr)
+    print(json.dumps({**written, "brain_volume_ml": round(ml, 1), "flags": flags}))
     return 0
 
 

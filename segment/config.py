@@ -48,12 +48,45 @@ class N4Config(_Strict):
     )
 
 
+class SkullstripConfig(_Strict):
+    """Brain extraction of heads with skull: the registered head template refined by the image,
+    and the quality flags of the mask (``brain_mask`` step's ``info["flags"]``)."""
+
+    template: bool = Field(
+        True, description="register the bundled MNI152 head (affine) and use its brain as the prior; "
+        "false: the image-only method"
+    )
+    band_mm: float = Field(
+        3.0, ge=0.5, le=20, description="the image may add at most this much (mm) outside the warped "
+        "template brain's edge"
+    )
+    band_inner_mm: float = Field(
+        6.0, ge=0.5, le=20, description="the image may take away at most this much (mm) inside the warped "
+        "template brain's edge (smaller or atrophied brains); deeper, the template brain is kept"
+    )
+    register_brain_only: bool = Field(
+        True, description="also register the template's brain to brain-only inputs (the transform is kept "
+        "for tissue priors; the mask stays the non-zero region)"
+    )
+    min_volume_ml: float = Field(800.0, ge=0, description="flag brain_volume_implausible below this (mL)")
+    max_volume_ml: float = Field(2200.0, gt=0, description="flag brain_volume_implausible above this (mL)")
+    min_template_dice: float = Field(
+        0.85, ge=0, le=1, description="flag mask_template_disagree when the mask's Dice with the warped "
+        "template brain is below this"
+    )
+    poor_metric: float = Field(
+        -0.25, le=0, description="flag registration_poor when the final Mattes mutual information metric "
+        "(negative, lower is better) is above this; the mask then falls back to the image-only method"
+    )
+
+
 class PreprocessConfig(_Strict):
     skullstrip: Literal["auto", "always", "never"] = Field(
         "auto",
         description="auto: skull-strip unless the images are already brain-only (zero background); "
         "never: the brain is the non-zero region",
     )
+    skullstrip_options: SkullstripConfig = SkullstripConfig()
     bias_correction: bool = Field(True, description="run N4 on every modality before normalisation")
     n4: N4Config = N4Config()
     lower_percentile: float = Field(

@@ -58,11 +58,21 @@ class Segmentation:
 
 
 def brain_mask_step(loaded: LoadedCase, config: Config) -> tuple[np.ndarray, dict[str, object]]:
-    """Brain mask on the RAS grid: the non-zero region for brain-only images, else skull stripping."""
-    from .preprocess.skullstrip import brain_mask_nonzero, is_brain_only, skullstrip
+    """Brain mask on the RAS grid: the non-zero region for brain-only images, else the registered
+    head template refined by the image (``preprocess.skullstrip_options``).
+
+    The info dict holds ``mask_method`` (``nonzero`` or ``skullstrip``), ``mask_prior``
+    (``template`` or ``none``), ``flags`` (QC strings: ``brain_volume_implausible``,
+    ``mask_template_disagree``, ``registration_poor`` ...), ``brain_volume_ml`` and, when the
+    template was registered (also for brain-only inputs), ``registration`` (a
+    :class:`segment.io.register.TemplateRegistration`: template mm -> subject mm, ``warp``).
+    """
+    from .io.register import register_template
+    from .preprocess.skullstrip import brain_mask_nonzero, is_brain_only, skullstrip, template_brain_mask
 
     mode = config.preprocess.skullstrip
-    vols = [loaded.images[m].data for m in loaded.modalities]
+    opts = config.preprocess.skullstrip_options
+    vols = [loaded.images[m] for m in loaded.modalities]
     ref = loaded.images[loaded.modalities[0]]
     if mode == "never":
         brain_only = True
@@ -70,6 +80,8 @@ def brain_mask_step(loaded: LoadedCase, config: Config) -> tuple[np.ndarray, dic
         brain_only = False
     else:
         brain_only = is_brain_only(ref.data)
+    info: dict[str, object] = {}
+    flags: list[str] = []
     if brain_only:
         # the reference image alone defines the brain: a series resampled from another grid
         # has an interpolated rim (and its own field of view) that would enlarge the mask
@@ -78,17 +90,45 @@ def brain_mask_step(loaded: LoadedCase, config: Config) -> tuple[np.ndarray, dic
             if m not in loaded.resampled:
                 nonzero |= loaded.images[m].data != 0
         mask = brain_mask_nonzero(nonzero.astype(np.float32), ref.spacing)
-        method = "nonzero"
-    else:
-        mask = skullstrip(vols, ref.spacing, modalities=loaded.modalities)
+        method, prior = "nonzero", "none"
+        if opts.template and opts.register_brain_only:
+            # the mask is the non-zero region; the transform is kept for tissue priors
+            try:
+                reg = register_template(vols, list(loaded.modalities), brain_only=True, seed=config.seed,
+                                        poor_metric=opts.poor_metric)
+                info["registration"] = reg
+                flags += reg.flags
+            except InputError as exc:
+                flags.append("registration_failed")
+                log.warning("%s: template registration failed: %s", ref.path, exc)
+    elif opts.template:
+        mask, tinfo = template_brain_mask(
+            vols, list(loaded.modalities), seed=config.seed, band_mm=opts.band_mm,
+            band_inner_mm=opts.band_inner_mm,
+            min_ml=opts.min_volume_ml, max_ml=opts.max_volume_ml,
+            min_template_dice=opts.min_template_dice, poor_metric=opts.poor_metric,
+        )
+        info["registration"] = tinfo["registration"]
+        info["template_dice"] = tinfo["template_dice"]
+        flags += list(tinfo["flags"])
         method = "skullstrip"
+        prior = "none" if "skullstrip_without_template" in flags else "template"
+    else:
+        mask = skullstrip([v.data for v in vols], ref.spacing, modalities=loaded.modalities)
+        method, prior = "skullstrip", "none"
     if config.postprocess.fill_holes and method != "nonzero":  # brain_mask_nonzero fills its holes
         from .postprocess import fill_holes
 
         mask = fill_holes(mask)
     if not mask.any():
         raise InputError(f"{ref.path}: empty brain mask; check the image or set preprocess.skullstrip")
-    return mask.astype(bool), {"mask_method": method}
+    ml = float(mask.sum()) * ref.voxel_volume / 1000.0
+    if not opts.min_volume_ml <= ml <= opts.max_volume_ml and "brain_volume_implausible" not in flags:
+        flags.append("brain_volume_implausible")
+    for f in flags:
+        log.warning("%s: brain mask QC: %s (%.0f mL)", ref.path or loaded.case.case_id, f, ml)
+    info.update(mask_method=method, mask_prior=prior, flags=flags, brain_volume_ml=round(ml, 1))
+    return mask.astype(bool), info
 
 
 def normalize_step(loaded: LoadedCase, mask: np.ndarray, config: Config,

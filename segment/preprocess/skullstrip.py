@@ -54,6 +54,8 @@ __all__ = [
     "brain_mask_nonzero",
     "skullstrip",
     "mask_quality_flags",
+    "template_brain_mask",
+    "brain_mask_flags",
 ]
 
 # Brain-tissue intensity range per modality, in robust standard deviations (1.4826 MAD) of the
@@ -356,6 +358,11 @@ def skullstrip(
     max_brain_height_mm: float = 140.0,
     secondary_widening: float = 1.5,
     max_voxels: int = 6_000_000,
+    prior: np.ndarray | None = None,
+    band_mm: float = 3.0,
+    band_inner_mm: float = 6.0,
+    prior_closing_mm: float = 4.0,
+    prior_rim_mm: float = 0.0,
 ) -> np.ndarray:
     """Brain mask of a head MRI with skull (one series or several on one grid).
 
@@ -397,6 +404,21 @@ def skullstrip(
     max_voxels : int
         Grids larger than this are processed at half resolution along axes finer than 1.5 mm
         (block means) and the mask is interpolated back, which keeps 1 mm volumes fast.
+    prior : ndarray of shape (X, Y, Z), optional
+        A brain probability on the grid (the registered template's brain fraction, see
+        :func:`template_brain_mask`). With it, the brain is the prior's mask eroded by
+        ``band_mm`` (always kept) plus the candidate tissue connected to it inside the prior's
+        mask dilated by ``band_mm`` (nothing beyond): the template decides where the brain is,
+        the image decides its last millimetres. The intensity model is then measured inside
+        the eroded prior, and the depth seed and neck rule are not used.
+    band_mm, band_inner_mm : float
+        Width (mm) of the band outside and inside the prior's edge where the image decides: the
+        image may take away up to ``band_inner_mm`` of the template's brain (a smaller or
+        atrophied brain, wider CSF spaces) but add at most ``band_mm`` (never the skull).
+    prior_closing_mm, prior_rim_mm : float
+        Closing radius and final rim (mm) used with a prior instead of ``closing_mm`` and
+        ``rim_mm`` (the template already gives the shape; its brain edge already includes the
+        outer CSF).
 
     Returns
     -------
@@ -429,6 +451,10 @@ def skullstrip(
                 f"image {i} has shape {im.shape} but image 0 has {shape}; resample all series "
                 "onto one grid first"
             )
+    if prior is not None:
+        prior = np.asarray(prior, dtype=np.float32)
+        if prior.shape != shape:
+            raise InputError(f"prior has shape {prior.shape} but the images have {shape}")
     if len(imgs[0].ravel()) > max_voxels and np.any(sp < 1.5):
         f = tuple(2 if s < 1.5 else 1 for s in sp)
         small = skullstrip(
@@ -436,13 +462,25 @@ def skullstrip(
             erosion_mm=erosion_mm, seed_depth_mm=seed_depth_mm, closing_mm=closing_mm,
             opening_mm=opening_mm, rim_mm=rim_mm, max_brain_height_mm=max_brain_height_mm,
             secondary_widening=secondary_widening, max_voxels=np.iinfo(np.int64).max,
+            prior=None if prior is None else _block_mean(prior, f), band_mm=band_mm,
+            band_inner_mm=band_inner_mm, prior_closing_mm=prior_closing_mm, prior_rim_mm=prior_rim_mm,
         )
-        # back to the full grid: linear interpolation of the mask at voxel centres
-        coords = [(np.arange(n) + 0.5) / k - 0.5 for n, k in zip(shape, f)]
+        # back to the full grid: linear interpolation of the mask at voxel centres, inside the
+        # small mask's bounding box (plus one coarse voxel) only
+        out = np.zeros(shape, dtype=bool)
+        if not small.any():
+            return out
+        idx = np.nonzero(small)
+        lo = [max(int(i.min()) - 1, 0) for i in idx]
+        hi = [min(int(i.max()) + 2, n) for i, n in zip(idx, small.shape)]
+        flo = [a * k for a, k in zip(lo, f)]
+        fhi = [min(b * k, n) for b, k, n in zip(hi, f, shape)]
+        coords = [(np.arange(a, b) + 0.5) / k - 0.5 for a, b, k in zip(flo, fhi, f)]
         grid = np.meshgrid(*coords, indexing="ij", sparse=True)
         up = ndi.map_coordinates(small.astype(np.float32), np.broadcast_arrays(*grid),
                                  order=1, mode="nearest")
-        return up > 0.5
+        out[tuple(slice(a, b) for a, b in zip(flo, fhi))] = up > 0.5
+        return out
     if modalities is None:
         mods: list[str | None] = [None] * len(imgs)
     else:
@@ -462,6 +500,10 @@ def skullstrip(
         raise InputError("empty brain mask: no head found in the image (foreground < 50 mL)")
     idx = np.nonzero(head_full)
     margin = [int(np.ceil(5.0 / s)) + 1 for s in sp]
+    if prior is not None and (prior > 0.5).any():
+        # only the template brain's box (+ the band and 10 mm) is needed: faster morphology
+        idx = np.nonzero(head_full & (prior > 0.5))
+        margin = [int(np.ceil((band_mm + 10.0) / s)) + 1 for s in sp]
     box = tuple(
         slice(max(int(ix.min()) - m, 0), min(int(ix.max()) + m + 1, n))
         for ix, m, n in zip(idx, margin, shape)
@@ -471,6 +513,15 @@ def skullstrip(
     # depth: the array border is not air (cut field of view), so only true air counts
     depth = ndi.distance_transform_edt(head, sampling=sp)
     core = depth >= 0.5 * depth.max()
+    if prior is not None:
+        pm = prior[box] > 0.5
+        d_in = ndi.distance_transform_edt(pm, sampling=sp)
+        inner = (d_in > band_inner_mm) & head
+        outer = pm | (ndi.distance_transform_edt(~pm, sampling=sp) <= band_mm) if pm.any() else pm
+        if inner.sum() * np.prod(sp) > 50_000:  # the intensity model from the template's brain
+            core = (d_in > band_inner_mm + 6.0) & head
+            if core.sum() * np.prod(sp) < 50_000:
+                core = inner
 
     # 2-3. intensity model and candidate brain tissue. The leading series decides; the others
     # (wider ranges, since they may be slightly misregistered) veto a voxel only when most of
@@ -507,6 +558,12 @@ def skullstrip(
     if n_votes.any():
         cand &= (n_votes == 0) | (votes >= 0.5 * n_votes)
 
+    if prior is not None:
+        brain = _prior_refined(cand, head, inner, outer, sp, erosion_mm, prior_closing_mm, prior_rim_mm)
+        out = np.zeros(shape, dtype=bool)
+        out[box] = brain
+        return out
+
     # 4. seed: deep, eroded candidate, largest component, no neck
     seed = _erode_mm(cand & (depth > seed_depth_mm), erosion_mm, sp)
     seed = _largest_component(seed, connectivity=3)
@@ -541,6 +598,31 @@ def skullstrip(
     out = np.zeros(shape, dtype=bool)
     out[box] = brain
     return out
+
+
+def _prior_refined(cand: np.ndarray, head: np.ndarray, inner: np.ndarray, outer: np.ndarray,
+                   sp: np.ndarray, erosion_mm: float, closing_mm: float, rim_mm: float) -> np.ndarray:
+    """Brain = the template's eroded brain (``inner``) plus the band's candidate tissue that the
+    image-only method would keep, never beyond the dilated template brain (``outer``).
+
+    The candidate tissue is opened by reconstruction (eroded by ``erosion_mm``, largest
+    component, dilated back inside the candidate), which drops what is attached to the brain
+    only through bridges thinner than twice the radius (scalp, marrow, dura next to CSF and bone);
+    what is left inside the band and connected to ``inner`` is brain. A closing takes in sulci,
+    a dilation of ``rim_mm`` the outer CSF rim.
+    """
+    if not inner.any():
+        raise InputError("empty brain mask: the registered template's brain does not cover the head")
+    c = cand | inner
+    seed = _largest_component(_erode_mm(c, erosion_mm, sp), connectivity=3)
+    if seed.any():
+        c = (_dilate_mm(seed, erosion_mm + 0.5 * float(sp.min()), sp) & c) | inner
+    brain = fill_holes_nd(_largest_component((c & outer) | inner))
+    if closing_mm > 0:
+        brain = fill_holes_nd(_close_mm(brain, closing_mm, sp) & outer)
+    if rim_mm > 0:
+        brain = _dilate_mm(brain, rim_mm, sp) & head & outer
+    return fill_holes_nd(brain | inner)
 
 
 def mask_quality_flags(
@@ -594,3 +676,131 @@ def mask_quality_flags(
         if n > 5 or extra > 0.01:
             flags.append(f"mask has {n} components ({100 * extra:.1f}% outside the largest)")
     return flags
+
+
+def brain_mask_flags(
+    mask: np.ndarray,
+    spacing: Sequence[float],
+    *,
+    template: np.ndarray | None = None,
+    min_ml: float = 800.0,
+    max_ml: float = 2200.0,
+    min_template_dice: float = 0.85,
+) -> list[str]:
+    """QC flags (short strings) of a brain mask.
+
+    ``"brain_volume_implausible"``: volume outside [``min_ml``, ``max_ml``] (a whole head is
+    about 3000 mL, an adult brain 1000-1800 mL, the MNI152 brain mask about 2100 mL);
+    ``"mask_template_disagree"``: Dice with ``template`` (the warped template brain, bool)
+    below ``min_template_dice``.
+
+    Examples
+    --------
+    >>> m = np.zeros((20, 20, 20), bool); m[2:18, 2:18, 2:18] = True    # 4096 voxels of 1 mm^3
+    >>> brain_mask_flags(m, (1, 1, 1))
+    ['brain_volume_implausible']
+    """
+    m = np.asarray(mask, dtype=bool)
+    sp = _check_spacing(spacing)
+    flags: list[str] = []
+    ml = float(m.sum()) * float(np.prod(sp)) / 1000.0
+    if not min_ml <= ml <= max_ml:
+        flags.append("brain_volume_implausible")
+    if template is not None:
+        t = np.asarray(template, dtype=bool)
+        denom = float(m.sum() + t.sum())
+        if (2.0 * float((m & t).sum()) / denom if denom else 0.0) < min_template_dice:
+            flags.append("mask_template_disagree")
+    return flags
+
+
+def template_brain_mask(
+    volumes: Sequence,
+    modalities: Sequence[str] | None = None,
+    *,
+    seed: int = 0,
+    band_mm: float = 3.0,
+    band_inner_mm: float = 6.0,
+    min_ml: float = 800.0,
+    max_ml: float = 2200.0,
+    min_template_dice: float = 0.85,
+    registration=None,
+    fallback: bool = True,
+    poor_metric: float = -0.25,
+    **kwargs,
+) -> tuple[np.ndarray, dict[str, object]]:
+    """Brain mask of a head with skull from the registered head template refined by the image.
+
+    The bundled MNI152 head (:func:`segment.atlas.load_template`) is registered to the series
+    (:func:`segment.io.register.register_template`, affine), its brain fraction warped onto the
+    grid and passed to :func:`skullstrip` as ``prior``: the eroded template brain is kept, the
+    band of ``band_mm`` around its edge is decided by the intensity model and the morphology,
+    every series voting as without a prior.
+
+    Parameters
+    ----------
+    volumes : sequence of segment.types.Volume
+        The series, all on one grid (RAS array orientation, as the pipeline's loader gives).
+    modalities : sequence of str, optional
+    seed : int
+        Registration seed.
+    band_mm, band_inner_mm : float
+        Widths of the band outside and inside the template brain's edge where the image decides.
+    min_ml, max_ml : float
+        Plausible brain volume; outside it the flag ``"brain_volume_implausible"``.
+    min_template_dice : float
+        Dice between the mask and the warped template brain below this: ``"mask_template_disagree"``.
+    registration : TemplateRegistration, optional
+        A registration already computed for these images (reused, not repeated).
+    poor_metric : float
+        Registration metric above which the registration counts as poor (see
+        :func:`segment.io.register.register_template`).
+    fallback : bool
+        When the registration is poor, use the image-only method (flag
+        ``"skullstrip_without_template"``) instead of a prior that is probably wrong.
+    **kwargs
+        Passed to :func:`skullstrip`.
+
+    Returns
+    -------
+    mask : ndarray of shape (X, Y, Z), bool
+    info : dict
+        ``flags`` (QC strings, also the registration's), ``registration`` (the result object),
+        ``brain_volume_ml``, ``template_dice`` (mask vs warped template brain), ``prior_ml``.
+    """
+    from ..atlas import load_template
+    from ..io.register import register_template
+
+    vols = list(volumes)
+    if not vols:
+        raise InputError("template_brain_mask needs at least one image")
+    ref = vols[0]
+    mods = list(modalities) if modalities is not None else None
+    if registration is None:
+        registration = register_template(vols, mods, seed=seed, poor_metric=poor_metric)
+    flags = list(registration.flags)
+    tpl = load_template()
+    prior = registration.warp(tpl.brain_fraction.data, 1, ref)
+    sp = np.asarray(ref.spacing, float)
+    use_prior = not (fallback and "registration_poor" in flags)
+    if use_prior:
+        mask = skullstrip([v.data for v in vols], sp, modalities=mods, prior=prior, band_mm=band_mm,
+                          band_inner_mm=band_inner_mm, **kwargs)
+    else:
+        flags.append("skullstrip_without_template")
+        mask = skullstrip([v.data for v in vols], sp, modalities=mods, **kwargs)
+    vox_ml = float(np.prod(sp)) / 1000.0
+    ml = float(mask.sum()) * vox_ml
+    pm = prior > 0.5
+    denom = float(mask.sum() + pm.sum())
+    tdice = 2.0 * float((mask & pm).sum()) / denom if denom else 0.0
+    flags += brain_mask_flags(mask, sp, template=pm, min_ml=min_ml, max_ml=max_ml,
+                              min_template_dice=min_template_dice)
+    info: dict[str, object] = {
+        "flags": flags,
+        "registration": registration,
+        "brain_volume_ml": round(ml, 1),
+        "prior_ml": round(float(pm.sum()) * vox_ml, 1),
+        "template_dice": round(tdice, 4),
+    }
+    return mask, info

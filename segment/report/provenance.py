@@ -381,6 +381,10 @@ def build_provenance(
     all_warnings = list(dict.fromkeys([*notes, *warnings]))
     all_flags = list(dict.fromkeys([*collect_flags(info), *flags]))
     steps = {k: info[k] for k in ("mask_method", "features", "tumor_regions", "mixture", "tumor") if k in info}
+    if hasattr(info.get("registration"), "to_dict"):  # the head template (brain_mask step)
+        steps["template_registration"] = {**info["registration"].to_dict(),
+                                          "mask_prior": info.get("mask_prior"),
+                                          "template_dice": info.get("template_dice")}
     doc: dict[str, Any] = {
         "case_id": case.case_id,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

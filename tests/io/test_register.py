@@ -117,3 +117,85 @@ def test_load_case_registers_and_notes(tmp_path, head):
     assert never.registered == {} and never.resampled == ["t2"]  # other header: resampled only
     with pytest.raises(Exception, match="register"):
         load_case(case, register="sometimes")
+
+
+# ----------------------------------------------------------------------------- template -> subject
+
+def _affine_warped_template(a_true: np.ndarray, spacing: float = 3.0, brain: bool = False):
+    """The bundled template moved by ``a_true`` (template mm -> subject mm), on a subject grid."""
+    from scipy import ndimage as ndi
+
+    from segment.atlas import load_template
+
+    tpl = load_template()
+    src = tpl.brain if brain else tpl.head
+    shape = tuple(int(np.ceil(n * 2.0 / spacing)) + 6 for n in src.shape)
+    aff = np.diag([spacing, spacing, spacing, 1.0])
+    centre = a_true @ np.append(_center(src), 1.0)
+    aff[:3, 3] = centre[:3] - spacing * (np.asarray(shape) - 1) / 2.0
+    vox = np.linalg.inv(src.affine) @ np.linalg.inv(a_true) @ aff
+    data = ndi.affine_transform(src.data, vox[:3, :3], offset=vox[:3, 3], output_shape=shape, order=1)
+    return Volume(data.astype(np.float32), aff), tpl
+
+
+def _max_error_mm(found: np.ndarray, truth: np.ndarray, tpl) -> float:
+    """Largest distance (mm) between where found and truth put the template's brain voxels."""
+    idx = np.argwhere(tpl.brain_mask.data)[::7]
+    pts = tpl.brain_mask.affine @ np.c_[idx, np.ones(len(idx))].T
+    return float(np.linalg.norm((found @ pts - truth @ pts)[:3], axis=0).max())
+
+
+@pytest.mark.parametrize("brain", [False, True])
+def test_register_template_recovers_known_affine(brain):
+    from segment.io.register import register_template
+
+    truth = rigid_matrix((8.0, -6.0, 10.0), (6.0, -9.0, 12.0))
+    truth[:3, :3] = truth[:3, :3] @ np.diag([1.08, 0.93, 0.97])  # scales
+    subject, tpl = _affine_warped_template(truth, brain=brain)
+    res = register_template([subject], ["t1"], brain_only=brain, seed=0)
+    err = _max_error_mm(res.matrix, truth, tpl)
+    assert err < 2.0, (err, res.summary())
+    assert "registration_poor" not in res.flags and "registration_reoriented" not in res.flags
+    assert res.metric < -0.5 and res.similarity > 0.9
+    # warp: the template brain lands on the subject's brain
+    warped = res.warp(tpl.brain_fraction.data, 1, subject) > 0.5
+    expect = _affine_warped_template(truth, brain=True)[0].data > 0.2 * subject.data.max()
+    inter = (warped & expect).sum() / min(warped.sum(), expect.sum())
+    assert inter > 0.9
+    lab = res.warp(tpl.brain_mask.data, 0, subject)
+    assert lab.dtype == bool and lab.shape == subject.shape
+
+
+def test_register_template_wrong_orientation_header():
+    """A head whose header says the axes are permuted (a 90 degree error) is found anyway."""
+    from segment.io.register import register_template
+
+    truth = rigid_matrix((0.0, 90.0, 0.0), (5.0, 0.0, -4.0))
+    subject, tpl = _affine_warped_template(truth, spacing=4.0)
+    res = register_template([subject], ["t1"])
+    assert _max_error_mm(res.matrix, truth, tpl) < 2.5, res.summary()
+    assert "registration_reoriented" in res.flags
+
+
+def test_register_template_deterministic_and_poor_flag():
+    from segment.io.register import register_template
+
+    subject, _ = _affine_warped_template(rigid_matrix((3.0, 0.0, -4.0), (2.0, 1.0, 0.0)), spacing=4.0)
+    a = register_template([subject], ["t1"], seed=3)
+    b = register_template([subject], ["t1"], seed=3)
+    np.testing.assert_array_equal(a.matrix, b.matrix)
+    # noise is not a head: the similarity is poor and says so
+    rng = np.random.default_rng(0)
+    noise = Volume(rng.random(subject.shape).astype(np.float32), subject.affine)
+    assert "registration_poor" in register_template([noise], ["t1"]).flags
+
+
+def test_register_template_bad_input():
+    from segment.errors import InputError
+    from segment.io.register import register_template
+
+    vol = Volume(np.zeros((20, 20, 20), np.float32), np.eye(4))
+    with pytest.raises(InputError):
+        register_template([vol], ["t1"])
+    with pytest.raises(InputError):
+        register_template([vol, vol], ["t1"])
