@@ -77,7 +77,12 @@ def _subject_session(case: Case | Path) -> tuple[str, str | None]:
 
 def _sources(case: Case | Path, raw_root: Path | None) -> list[str]:
     if not isinstance(case, Case):
-        return []
+        from ..io.cases import find_case
+
+        try:
+            case = find_case(case)
+        except InputError:
+            return []
     out = []
     for m in ("t1", "t1c", "t2", "flair"):
         p = case.images.get(m)
@@ -154,7 +159,7 @@ def run_bids_batch(
         finally:
             log.close()
     if layout == "bids":
-        _write_derivatives(in_root if bids_in else None, out, engine, report, config,
+        _write_derivatives(in_root, out, engine, report, config,
                            cases if cases is not None else find_case_dirs(in_root, exclude=[out]))
     return report
 

@@ -292,3 +292,34 @@ def test_writer_is_atomic_and_replaces_a_session_whole(tmp_path):
     with pytest.raises(FileNotFoundError):
         write_session(der, "01", "a", {"tissue": tmp_path / "missing.nii.gz"})
     assert (der / "sub-01" / "ses-a" / "anat" / "sub-01_ses-a_desc-brain_mask.nii.gz").is_file()  # old kept
+
+
+def test_output_inside_the_dataset_derivatives_is_not_read_back_as_truth(dataset, tmp_path):
+    """The usual BIDS-app call, OUT = BIDS_ROOT/derivatives/segment, run twice with --bids-truth:
+    segment's own dseg files under derivatives/ are never taken for ground truth."""
+    import shutil
+
+    ds = tmp_path / "ds"
+    shutil.copytree(dataset, ds, ignore=shutil.ignore_patterns("sub-01"))
+    out = ds / "derivatives" / "segment"
+    for _ in range(2):
+        report = run_bids_batch(ds, out, config_from_dict(FAST), truth_from="derivatives", workers=1, progress=False)
+        assert [r["status"] for r in report.rows] == ["ok"]
+    assert report.skipped == ["sub-02"]
+    assert (out / "sub-02" / "anat" / "sub-02_desc-tumor_dseg.nii.gz").is_file()
+    assert find_sessions(ds)[0].case_id == "sub-02"  # derivatives/ is not a subject
+    assert bids_violations(out) == []
+
+
+def test_plain_case_folders_into_the_bids_layout(tmp_path):
+    from segment.phantom import write_phantom_case
+
+    root = tmp_path / "in"
+    write_phantom_case(root, make_phantom(4, shape=SHAPE, spacing=(4.0, 4.0, 4.0)), "case_1")
+    out = tmp_path / "out"
+    report = run_bids_batch(root, out, config_from_dict(FAST), output_layout="bids", workers=1, progress=False)
+    assert report.rows[0]["status"] == "ok"
+    anat = out / "sub-case1" / "anat"
+    assert (anat / "sub-case1_dseg.nii.gz").is_file() and bids_violations(out) == []
+    side = json.loads((anat / "sub-case1_dseg.json").read_text())
+    assert "bids:raw:case_1/t1.nii.gz" in side["Sources"]
