@@ -185,3 +185,20 @@ def test_dicom_folder_errors(tmp_path, phantom):
     (plain / "a.txt").write_text("x")
     with pytest.raises(InputError, match=r"plain: is a folder"):
         load_volume(plain)
+
+
+def test_brats_2013_layout_one_metaimage_per_series_folder(tmp_path, phantom):
+    """BraTS 2012-2015 ship VSD.Brain.XX.O.MR_<modality>.<id>/VSD...<id>.mha per series."""
+    data, aff = phantom
+    case = tmp_path / "brats_2013_pat0001_1"
+    names = {"t1": "MR_T1", "t1c": "MR_T1c", "t2": "MR_T2", "flair": "MR_Flair"}
+    for i, (m, n) in enumerate(names.items()):
+        stem = f"VSD.Brain.XX.O.{n}.5451{i}"
+        save_image(data, aff, case / stem / f"{stem}.mha")
+    ot = "VSD.Brain_3more.XX.O.OT.54517"
+    save_image((data > 2000).astype(np.uint8), aff, case / ot / f"{ot}.mha")
+    c = find_case(case)
+    assert {m: p.parent.name for m, p in c.images.items()} == {
+        m: f"VSD.Brain.XX.O.{n}.5451{i}" for i, (m, n) in enumerate(names.items())}
+    assert c.truth == {}  # the OT files' 1-4 coding (3 = non-enhancing) is not read as truth
+    np.testing.assert_array_equal(load_volume(c.images["t1c"]).data, data.astype(np.float32))
