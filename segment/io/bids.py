@@ -172,13 +172,18 @@ def choose_images(files: Iterable[Path]) -> tuple[dict[str, Path], list[tuple[Pa
 
 
 def is_bids_root(path: str | os.PathLike) -> bool:
-    """True for a folder with ``dataset_description.json`` or any ``sub-*`` folder."""
+    """True for a folder with ``dataset_description.json``, or with a ``sub-*/anat`` or
+    ``sub-*/ses-*/anat`` folder (plain case folders that happen to be named ``sub-*`` are not BIDS)."""
     p = Path(path)
     if not p.is_dir():
         return False
     if (p / "dataset_description.json").is_file():
         return True
-    return any(d.is_dir() and re.fullmatch(rf"sub-{_LABEL}", d.name) for d in p.iterdir())
+    for d in p.iterdir():
+        if d.is_dir() and re.fullmatch(rf"sub-{_LABEL}", d.name):
+            if (d / "anat").is_dir() or any((s / "anat").is_dir() for s in d.glob("ses-*")):
+                return True
+    return False
 
 
 @dataclass(frozen=True)

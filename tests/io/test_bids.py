@@ -158,8 +158,21 @@ def dataset(tmp_path_factory) -> Path:
     return root
 
 
-def test_discovery_one_case_per_subject_session(dataset):
+def test_is_bids_root(dataset, tmp_path):
     assert is_bids_root(dataset) and not is_bids_root(dataset / "sub-01")
+    plain = tmp_path / "plain"
+    (plain / "sub-01").mkdir(parents=True)  # plain case folders named sub-*: not BIDS
+    (plain / "sub-01" / "t1.nii.gz").write_bytes(b"")
+    assert not is_bids_root(plain)
+    (plain / "sub-02" / "ses-a" / "anat").mkdir(parents=True)
+    assert is_bids_root(plain)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "dataset_description.json").write_text("{}")
+    assert is_bids_root(bare)
+
+
+def test_discovery_one_case_per_subject_session(dataset):
     sessions = find_sessions(dataset)
     assert [s.case_id for s in sessions] == ["sub-01_ses-1", "sub-01_ses-2", "sub-02"]
     for s in sessions:
