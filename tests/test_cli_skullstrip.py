@@ -111,3 +111,28 @@ def test_bad_output_is_refused_before_computing(head, tmp_path, capsys, monkeypa
     assert "overwrite the input" in capsys.readouterr().err
     assert main(["skullstrip", str(tmp_path / "missing.nii.gz"), "--out", str(tmp_path / "m")]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+def test_run_writes_bias_corrected_images_with_the_output_key(tmp_path):
+    from segment.config import load_config
+    from segment.errors import ConfigError
+    from segment.pipeline import segment_case
+
+    ph = make_phantom(1, shape=SHAPE, spacing=SPACING, modalities=("t1", "flair"))
+    case = write_phantom_case(tmp_path, ph, "bc")
+    cfg = load_config(None, {"outputs": {"bias_corrected": True, "overlay": False}})
+    res = segment_case(case, cfg, tmp_path / "out")
+    for m in ("t1", "flair"):
+        p = tmp_path / "out" / f"{m}_biascorr.nii.gz"
+        assert res.outputs[f"biascorr_{m}"] == p
+        img = nib.load(str(p))
+        src = nib.load(str(case / f"{m}.nii.gz"))
+        assert img.shape == src.shape and img.get_data_dtype() == np.float32
+        np.testing.assert_allclose(img.affine, src.affine, atol=1e-5)
+        c = np.asarray(img.dataobj)
+        brain = ph.brain_mask
+        assert np.corrcoef(c[brain], np.asarray(src.dataobj)[brain])[0, 1] > 0.9  # the image, corrected
+    plain = segment_case(case, load_config(None, {"outputs": {"overlay": False}}), tmp_path / "plain")
+    assert not any(k.startswith("biascorr_") for k in plain.outputs)
+    with pytest.raises(ConfigError, match="bias_corrected"):
+        load_config(None, {"outputs": {"bias_corrected": True}, "preprocess": {"bias_correction": False}})

@@ -248,3 +248,28 @@ assert "matplotlib.pyplot" not in sys.modules
     env.pop("MPLBACKEND", None)
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.parametrize("codes", [("L", "A", "S"), ("R", "A", "S"), ("L", "P", "S"), ("A", "S", "L"), ("S", "R", "P")])
+def test_file_indices_agree_with_world_coordinates(codes):
+    """The file index of a RAS-array voxel is the voxel of the file at the same world point."""
+    import nibabel.orientations as nio
+
+    from segment.io.nifti import reorient_to_ras
+    from segment.types import Volume
+
+    shape = (7, 9, 11)
+    ornt = nio.axcodes2ornt(codes)
+    aff = np.eye(4)
+    for f, (axis, flip) in enumerate(ornt):
+        aff[:3, f] = 0
+        aff[int(axis), f] = flip * (1.0 + 0.5 * f)
+    aff[:3, 3] = [5.0, -3.0, 2.0]
+    vol = Volume(np.zeros(shape, np.float32), aff)
+    ras = reorient_to_ras(vol)
+    for ijk in [(0, 0, 0), (2, 3, 4), tuple(s - 1 for s in ras.shape)]:
+        world = ras.affine @ np.array([*ijk, 1.0])
+        expect = np.rint(np.linalg.inv(aff) @ world)[:3].astype(int)
+        got = figures.file_indices(ijk, ras.shape, aff)
+        for a, (f, idx) in enumerate(got):
+            assert idx == expect[f], (codes, ijk, a)
