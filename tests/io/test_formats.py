@@ -162,6 +162,13 @@ def test_bad_files_fail_with_one_line_naming_them(tmp_path, phantom):
     sitk.WriteImage(flat, str(tmp_path / "slice.nrrd"))
     with pytest.raises(InputError, match=r"slice\.nrrd: is 2-D"):
         load_volume(tmp_path / "slice.nrrd")
+    lab = np.zeros((4, 4, 4), np.float32)
+    lab[1, 1, 1] = 1.5
+    with pytest.raises(InputError, match=r"lab\.nrrd: label map holds non-integer values \(1\.5"):
+        load_volume(save_image(lab, np.eye(4), tmp_path / "lab.nrrd"), dtype=np.int16, allow_empty=True)
+    tiny = np.diag([1e-5, 1.0, 1.0, 1.0])
+    with pytest.raises(InputError, match=r"tiny\.mha: voxel size .* is implausible"):
+        load_volume(save_image(data, tiny, tmp_path / "tiny.mha"))
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(InputError, match=r"notes\.txt: unknown image format"):
         load_image(tmp_path / "notes.txt")
