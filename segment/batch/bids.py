@@ -29,7 +29,7 @@ from ..io.bids import BidsSession, bids_case, find_sessions, is_bids_root, sessi
 from ..publish import MANIFEST, config_digest, manifest_of
 from ..types import Case
 from .discovery import BatchUsageError, find_case_dirs
-from .reports import BatchReport, _RunLog
+from .reports import BatchReport
 from .run import run_batch
 
 __all__ = ["ENGINE_DIR", "is_bids_input", "run_bids_batch"]
@@ -150,14 +150,9 @@ def run_bids_batch(
     engine = out / ENGINE_DIR if layout == "bids" else out
     for n in notes:
         print(f"segment: note: {n}", file=sys.stderr)
+    # the notes are also each case's warnings (load_case), so they reach run.log, report.csv and
+    # provenance.json with the case
     report = run_batch(in_root, engine, config, cases=cases, **batch_kwargs)
-    if notes:
-        log = _RunLog(engine / "run.log")
-        try:
-            for n in notes:
-                log(f"bids: {n}")
-        finally:
-            log.close()
     if layout == "bids":
         _write_derivatives(in_root, out, engine, report, config,
                            cases if cases is not None else find_case_dirs(in_root, exclude=[out]))

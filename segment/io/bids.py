@@ -167,7 +167,7 @@ def choose_images(files: Iterable[Path]) -> tuple[dict[str, Path], list[tuple[Pa
         lst.sort(key=lambda bf: (_rank(bf[0]), bf[1].name))
         images[mod] = lst[0][1]
         for _, f in lst[1:]:
-            ignored.append((f, f"{mod}: {lst[0][1].name} chosen instead (acq-/rec-/run- rule)"))
+            ignored.append((f, f"{mod} is {lst[0][1].name} (BIDS rule: no acq- first, no rec- first, last run)"))
     return images, ignored
 
 
@@ -345,6 +345,17 @@ def bids_case(session: BidsSession, *, truth_from: str | None = None,
     if truth_from:
         truth = find_truth(session.root, session.subject, session.session, truth_from=truth_from, exclude=exclude)
     return Case(case_id=session.case_id, images=dict(session.images), truth=truth, root=session.anat)
+
+
+def ignored_notes(folder: Path) -> list[str]:
+    """One sentence per image of a BIDS ``anat`` folder that the modality rule left out (empty
+    for other folders): recorded as the case's warnings, so a run chosen over another shows."""
+    folder = Path(folder)
+    if session_of_anat(folder) is None or not folder.is_dir():
+        return []
+    files = [f for f in sorted(folder.iterdir()) if f.is_file() and not f.name.startswith(".")]
+    _, ignored = choose_images(files)
+    return [f"{f.name}: not used, {why}" for f, why in ignored]
 
 
 def anat_case(folder: Path) -> Case | None:

@@ -282,7 +282,9 @@ def load_case(
     ref_ras = reorient_to_ras(reference)
     images: dict[str, Volume] = {}
     resampled: list[str] = []
-    notes: list[str] = []
+    from .bids import ignored_notes
+
+    notes: list[str] = ignored_notes(case.root) if case.root is not None else []
     registered: dict[str, np.ndarray] = {}
     coverage: np.ndarray | None = None
     fov: dict[str, np.ndarray] = {}

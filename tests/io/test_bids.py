@@ -122,7 +122,7 @@ def test_acq_rec_run_rule():
                    "flair": "sub-01_acq-a_FLAIR.nii.gz",  # acq labels alphabetically
                    "t1c": "sub-01_ce-gd_run-3_T1w.nii.gz"}
     assert sorted(p.name for p, _ in ignored) == sorted(set(names) - set(got.values()))
-    assert all("chosen instead" in why for _, why in ignored)
+    assert all("BIDS rule" in why for _, why in ignored)
 
 
 # ----------------------------------------------------------------------------- a dataset in code
@@ -336,3 +336,20 @@ def test_plain_case_folders_into_the_bids_layout(tmp_path):
     assert (anat / "sub-case1_dseg.nii.gz").is_file() and bids_violations(out) == []
     side = json.loads((anat / "sub-case1_dseg.json").read_text())
     assert "bids:raw:case_1/t1.nii.gz" in side["Sources"]
+
+
+def test_left_out_runs_become_case_warnings(tmp_path):
+    """Two T1w runs: the last is used and the other is named in the case's notes (warnings)."""
+    from segment.io.cases import load_case
+
+    anat = tmp_path / "ds" / "sub-07" / "anat"
+    anat.mkdir(parents=True)
+    ph = make_phantom(2, shape=(24, 28, 24), spacing=(8.0, 8.0, 8.0))
+    for run, scale in (("1", 1.0), ("2", 2.0)):
+        save_volume(ph.images["t1"] * scale, ph.affine, anat / f"sub-07_run-{run}_T1w.nii.gz", dtype=np.float32)
+    case = find_case(anat)
+    assert case.case_id == "sub-07" and case.images["t1"].name == "sub-07_run-2_T1w.nii.gz"
+    lc = load_case(case, register="never")
+    assert lc.notes == ["sub-07_run-1_T1w.nii.gz: not used, t1 is sub-07_run-2_T1w.nii.gz "
+                        "(BIDS rule: no acq- first, no rec- first, last run)"]
+    np.testing.assert_allclose(lc.images["t1"].data.max(), 2 * ph.images["t1"].max(), rtol=1e-6)
