@@ -32,7 +32,7 @@ from .discovery import BatchUsageError, find_case_dirs
 from .reports import BatchReport
 from .run import run_batch
 
-__all__ = ["ENGINE_DIR", "is_bids_input", "run_bids_batch"]
+__all__ = ["ENGINE_DIR", "bids_config", "is_bids_input", "run_bids_batch", "write_run_derivatives"]
 
 #: Folder of the derivatives root holding segment's own (non-BIDS) outputs and reports.
 ENGINE_DIR = "segment"
@@ -98,6 +98,31 @@ def _sources(case: Case | Path, raw_root: Path | None) -> list[str]:
     return out
 
 
+def bids_config(config: Config) -> Config:
+    """``config`` with ``outputs.probabilities`` on: the BIDS layout holds the probseg maps."""
+    if config.outputs.probabilities:
+        return config
+    d = config.to_dict()
+    d.setdefault("outputs", {})["probabilities"] = True
+    return config_from_dict(d)
+
+
+def write_run_derivatives(case: Case, outputs: dict, out_root: str | os.PathLike, config: Config) -> dict[str, Path]:
+    """``segment run --output-layout bids``: one case's published outputs (``outputs`` as in
+    ``CaseResult.outputs``) as a derivatives dataset in ``out_root``."""
+    from ..report.bids_derivatives import write_dataset_description, write_session
+
+    out = Path(out_root)
+    sub, ses = _subject_session(case)
+    where = session_of_anat(case.root) if case.root is not None else None
+    raw = where[0] if where is not None else (case.root.parent if case.root is not None else None)
+    write_dataset_description(out, config_digest=config_digest(config), raw_root=raw,
+                              tumor_coding=config.tumor.coding, ignore=[f"{ENGINE_DIR}/"])
+    files = {k: Path(v) for k, v in outputs.items() if k in set(_PLAIN_FILES.values())}
+    return write_session(out, sub, ses, files, sources=_sources(case, Path(raw).absolute() if raw else None),
+                         tumor_coding=config.tumor.coding)
+
+
 def run_bids_batch(
     input_root: str | os.PathLike,
     out_root: str | os.PathLike,
@@ -133,10 +158,8 @@ def run_bids_batch(
             "(sub-*/[ses-*/]anat/ folders or dataset_description.json)"
         )
     config = config or Config()
-    if layout == "bids" and not config.outputs.probabilities:
-        d = config.to_dict()
-        d.setdefault("outputs", {})["probabilities"] = True
-        config = config_from_dict(d)
+    if layout == "bids":
+        config = bids_config(config)
     notes: list[str] = []
     if bids_in:
         try:

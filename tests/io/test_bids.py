@@ -353,3 +353,24 @@ def test_left_out_runs_become_case_warnings(tmp_path):
     assert lc.notes == ["sub-07_run-1_T1w.nii.gz: not used, t1 is sub-07_run-2_T1w.nii.gz "
                         "(BIDS rule: no acq- first, no rec- first, last run)"]
     np.testing.assert_allclose(lc.images["t1"].data.max(), 2 * ph.images["t1"].max(), rtol=1e-6)
+
+
+def test_segment_run_output_layout_bids(dataset, tmp_path, capsys):
+    out = tmp_path / "one"
+    assert main(["run", str(dataset / "sub-02" / "anat"), "--out", str(out), "--output-layout", "bids",
+                 "--config", str(_fast_yaml(tmp_path))]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["case"] == "sub-02"
+    assert Path(summary["outputs"]["bids_tissue"]) == out / "sub-02" / "anat" / "sub-02_dseg.nii.gz"
+    assert (out / "segment" / "sub-02" / "tissue.nii.gz").is_file()
+    assert bids_violations(out) == []
+    desc = json.loads((out / "dataset_description.json").read_text())
+    assert (out / desc["DatasetLinks"]["raw"]).resolve() == dataset.resolve()
+
+
+def _fast_yaml(tmp_path: Path) -> Path:
+    import yaml
+
+    p = tmp_path / "fast.yaml"
+    p.write_text(yaml.safe_dump(FAST))
+    return p
