@@ -280,6 +280,10 @@ def fit_tissue_mixture(
     return labels, probs.astype(np.float32), info
 
 
+#: Voxels the mixture of the series covering a region outside another's field of view is fitted on.
+FOV_FIT_SAMPLES = 200_000
+
+
 def label_outside_fov(loaded: LoadedCase, healthy: np.ndarray, feats: dict[str, np.ndarray], mods: list[str],
                       config: Config, fit_rows: np.ndarray, labels: np.ndarray, probs: np.ndarray) -> list[str]:
     """Relabel, in place, brain voxels outside a resampled series' field of view from the series
@@ -308,10 +312,19 @@ def label_outside_fov(loaded: LoadedCase, healthy: np.ndarray, feats: dict[str, 
             flags.append(f"{ml:.0f} mL of brain outside the field of view of {', '.join(absent)}: "
                          "labelled without a measurement")
             continue
-        X = np.stack([feats[m][healthy] for m in sub], axis=1).astype(np.float64)
-        sub_labels, sub_probs, _ = fit_tissue_mixture(X, sub, config, fit_rows=fit_rows)
-        labels[rows] = sub_labels[rows]
-        probs[rows] = sub_probs[rows]
+        # fitted on a seeded subset of the fit region (a few parameters), predicted on ``rows`` only
+        fit_idx = np.flatnonzero(fit_rows & ~rows)
+        if fit_idx.size > FOV_FIT_SAMPLES:
+            rng = np.random.default_rng(config.seed)
+            fit_idx = np.sort(rng.choice(fit_idx, size=FOV_FIT_SAMPLES, replace=False))
+        row_idx = np.flatnonzero(rows)
+        take = np.concatenate([fit_idx, row_idx])
+        X = np.stack([feats[m][healthy][take] for m in sub], axis=1).astype(np.float64)
+        in_fit = np.zeros(take.size, dtype=bool)
+        in_fit[: fit_idx.size] = True
+        sub_labels, sub_probs, _ = fit_tissue_mixture(X, sub, config, fit_rows=in_fit)
+        labels[row_idx] = sub_labels[fit_idx.size:]
+        probs[row_idx] = sub_probs[fit_idx.size:]
         log.info("%.0f mL of brain outside the field of view of %s: labelled from %s", ml, absent, sub)
         if ml >= 0.02 * float(np.count_nonzero(healthy)) * vox_ml:  # a few mL at a series' edge is normal
             flags.append(f"{ml:.0f} mL of brain outside the field of view of {', '.join(absent)}: "
@@ -686,7 +699,7 @@ def segment_case(
         case = find_case(case)
     from .report.provenance import CaseLog, write_case_records
 
-    with CaseLog() as caselog:  # every log record and warning of this case, for segment.log / provenance
+    with CaseLog(label=case.case_id) as caselog:  # every log record and warning of this case, for segment.log / provenance
         seg = run_pipeline(case, config)
         metrics = compute_metrics(seg, config)
         outputs: dict[str, Path] = {}

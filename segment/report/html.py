@@ -7,7 +7,7 @@ and opened from disk.
 
 ``docs/figures/index_screenshot.png`` shows the page of
 ``segment batch --input sample_data --out results --config configs/demo.yaml``, rendered with
-``chromium --headless --hide-scrollbars --screenshot=docs/figures/index_screenshot.png
+``chromium --headless --no-sandbox --hide-scrollbars --screenshot=docs/figures/index_screenshot.png
 --window-size=1280,1000 file://$PWD/results/index.html``: the page fits 1280 px (Dice and volumes
 shown by default, every other column behind "all metric columns"); flags and warnings of each
 case stand beside its overlay.

@@ -117,11 +117,12 @@ def collect_flags(info: Any, _path: str = "") -> list[str]:
 class _Capture(logging.Handler):
     """Keeps the records of one thread; passes those the terminal would have shown to the root."""
 
-    def __init__(self, sink: list[logging.LogRecord], thread: int, pass_level: int):
+    def __init__(self, sink: list[logging.LogRecord], thread: int, pass_level: int, label: str = ""):
         super().__init__(logging.DEBUG)
         self.sink = sink
         self.thread = thread
         self.pass_level = pass_level
+        self.label = label
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.thread != self.thread:
@@ -130,6 +131,10 @@ class _Capture(logging.Handler):
             return
         self.sink.append(record)
         if record.levelno >= self.pass_level:
+            msg = record.getMessage()
+            if self.label and not msg.startswith(self.label):
+                # the terminal (a batch's many workers) needs to know which case spoke
+                record = logging.makeLogRecord({**record.__dict__, "msg": f"{self.label}: {msg}", "args": None})
             logging.getLogger().handle(record)
 
 
@@ -157,7 +162,8 @@ class CaseLog:
     ['partial-volume model fell back']
     """
 
-    def __init__(self, logger: str = "segment", level: int = logging.INFO):
+    def __init__(self, logger: str = "segment", level: int = logging.INFO, label: str = ""):
+        self.label = label
         self.logger_name = logger
         self.level = level
         self.records: list[logging.LogRecord] = []
@@ -168,7 +174,7 @@ class CaseLog:
         lg = logging.getLogger(self.logger_name)
         self._saved = (lg.level, lg.propagate)
         pass_level = lg.getEffectiveLevel()
-        self._handler = _Capture(self.records, threading.get_ident(), pass_level)
+        self._handler = _Capture(self.records, threading.get_ident(), pass_level, self.label)
         lg.addHandler(self._handler)
         lg.setLevel(min(self.level, pass_level))
         lg.propagate = False
@@ -416,7 +422,10 @@ def case_flags(outputs: Mapping[str, Any], info: Mapping[str, Any], metrics: Map
     and the steps' own flags (fallbacks) under the thresholds ``batch.qc`` of the config."""
     from ..qc import CASE_FLAGS_KEY, measure, qc_flags, step_flags
 
-    row: dict[str, Any] = {"status": "ok", **dict(metrics or {}), **measure(outputs, info)}
+    measured = info.get("qc_measures")
+    if not isinstance(measured, Mapping):
+        measured = measure(outputs, info)
+    row: dict[str, Any] = {"status": "ok", **dict(metrics or {}), **measured}
     mix = info.get("mixture")
     if isinstance(mix, Mapping) and "converged" in mix:
         row["converged"] = bool(mix["converged"])
@@ -441,7 +450,11 @@ def write_case_records(seg, out_dir: str | os.PathLike, config, *, caselog: Case
     paths: dict[str, Path] = {}
     paths["volumes"] = write_volumes_csv(volumes_rows(seg), out / "volumes.csv")
     if flags is None:
-        flags = case_flags(outputs or {}, {**seg.info, "brain_volume_ml": _brain_ml(seg)}, metrics, config)
+        from ..qc import measure
+
+        # measured once: kept in seg.info["qc_measures"] for the report row (segment.publish.write_case)
+        seg.info["qc_measures"] = measure(outputs or {}, {"brain_volume_ml": _brain_ml(seg)})
+        flags = case_flags(outputs or {}, seg.info, metrics, config)
     caught = caselog.warnings if caselog is not None else []
     head = [f"# segment {_version()} case {seg.loaded.case.case_id}: {' '.join(sys.argv)}"]
     tail = [f"# step {k}: {v:.3f} s" for k, v in seg.timings.items()]

@@ -179,3 +179,23 @@ def test_collect_flags_and_file_record(tmp_path):
     rec = file_record(p)
     assert rec["size_bytes"] == 3
     assert rec["sha256"] == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_case_log_names_the_case_on_the_terminal():
+    seen = []
+
+    class H(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    root = logging.getLogger()
+    h = H()
+    root.addHandler(h)
+    try:
+        with CaseLog(label="case7") as cl:
+            logging.getLogger("segment").warning("fell back %s", "here")
+            logging.getLogger("segment").warning("case7: already named")
+    finally:
+        root.removeHandler(h)
+    assert seen == ["case7: fell back here", "case7: already named"]
+    assert cl.warnings == ["fell back here", "case7: already named"]  # the case's own record unprefixed
