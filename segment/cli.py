@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="segment one case folder")
     p.add_argument("case_dir", type=Path, help="folder holding one case's NIfTI files (t1, t1c, t2, flair, seg)")
     p.add_argument("--out", "-o", type=Path, required=True, help="output root; writes OUT/<case name>/")
+    p.add_argument("--output-layout", choices=("plain", "bids"), default="plain",
+                   help="bids: also a BIDS-derivatives dataset, OUT/sub-X/[ses-Y/]anat/ (segment's own files in "
+                   "OUT/segment/<case>/)")
     _add_config(p)
 
     p = sub.add_parser(
@@ -136,7 +139,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .batch.discovery import input_fingerprint
 
         inputs = input_fingerprint(case.root)
-    result, row, caught = write_case(case, config, out_root, inputs=inputs)
+    bids = getattr(args, "output_layout", "plain") == "bids"
+    if bids:
+        from .batch.bids import ENGINE_DIR, bids_config, write_run_derivatives
+
+        config = bids_config(config)
+    result, row, caught = write_case(case, config, out_root / ENGINE_DIR if bids else out_root, inputs=inputs)
+    if bids:
+        result.outputs.update({f"bids_{k}": v for k, v in
+                               write_run_derivatives(case, result.outputs, out_root, config).items()})
     flags = [f for f in row.get("flags", "").split("; ") if f]
     for f in flags:
         print(f"segment: warning: {case.case_id}: {f}", file=sys.stderr)

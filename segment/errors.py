@@ -24,3 +24,12 @@ class GridError(InputError):
 
 class ConvergenceWarning(UserWarning):
     """An iterative fit stopped at ``max_iter`` before meeting its tolerance."""
+
+
+class NotFittedError(SegmentError, ValueError, AttributeError):
+    """A method that needs a fitted model was called before ``fit``.
+
+    A ``ValueError`` and an ``AttributeError``, as scikit-learn's ``NotFittedError``; once
+    scikit-learn is imported, the error :class:`segment.GaussianMixture` raises is also an
+    instance of ``sklearn.exceptions.NotFittedError``.
+    """

@@ -29,10 +29,10 @@ from ..io.bids import BidsSession, bids_case, find_sessions, is_bids_root, sessi
 from ..publish import MANIFEST, config_digest, manifest_of
 from ..types import Case
 from .discovery import BatchUsageError, find_case_dirs
-from .reports import BatchReport, _RunLog
+from .reports import BatchReport
 from .run import run_batch
 
-__all__ = ["ENGINE_DIR", "is_bids_input", "run_bids_batch"]
+__all__ = ["ENGINE_DIR", "bids_config", "is_bids_input", "run_bids_batch", "write_run_derivatives"]
 
 #: Folder of the derivatives root holding segment's own (non-BIDS) outputs and reports.
 ENGINE_DIR = "segment"
@@ -77,7 +77,12 @@ def _subject_session(case: Case | Path) -> tuple[str, str | None]:
 
 def _sources(case: Case | Path, raw_root: Path | None) -> list[str]:
     if not isinstance(case, Case):
-        return []
+        from ..io.cases import find_case
+
+        try:
+            case = find_case(case)
+        except InputError:
+            return []
     out = []
     for m in ("t1", "t1c", "t2", "flair"):
         p = case.images.get(m)
@@ -91,6 +96,31 @@ def _sources(case: Case | Path, raw_root: Path | None) -> list[str]:
                 pass
         out.append(str(p))
     return out
+
+
+def bids_config(config: Config) -> Config:
+    """``config`` with ``outputs.probabilities`` on: the BIDS layout holds the probseg maps."""
+    if config.outputs.probabilities:
+        return config
+    d = config.to_dict()
+    d.setdefault("outputs", {})["probabilities"] = True
+    return config_from_dict(d)
+
+
+def write_run_derivatives(case: Case, outputs: dict, out_root: str | os.PathLike, config: Config) -> dict[str, Path]:
+    """``segment run --output-layout bids``: one case's published outputs (``outputs`` as in
+    ``CaseResult.outputs``) as a derivatives dataset in ``out_root``."""
+    from ..report.bids_derivatives import write_dataset_description, write_session
+
+    out = Path(out_root)
+    sub, ses = _subject_session(case)
+    where = session_of_anat(case.root) if case.root is not None else None
+    raw = where[0] if where is not None else (case.root.parent if case.root is not None else None)
+    write_dataset_description(out, config_digest=config_digest(config), raw_root=raw,
+                              tumor_coding=config.tumor.coding, ignore=[f"{ENGINE_DIR}/"])
+    files = {k: Path(v) for k, v in outputs.items() if k in set(_PLAIN_FILES.values())}
+    return write_session(out, sub, ses, files, sources=_sources(case, Path(raw).absolute() if raw else None),
+                         tumor_coding=config.tumor.coding)
 
 
 def run_bids_batch(
@@ -128,10 +158,8 @@ def run_bids_batch(
             "(sub-*/[ses-*/]anat/ folders or dataset_description.json)"
         )
     config = config or Config()
-    if layout == "bids" and not config.outputs.probabilities:
-        d = config.to_dict()
-        d.setdefault("outputs", {})["probabilities"] = True
-        config = config_from_dict(d)
+    if layout == "bids":
+        config = bids_config(config)
     notes: list[str] = []
     if bids_in:
         try:
@@ -145,16 +173,11 @@ def run_bids_batch(
     engine = out / ENGINE_DIR if layout == "bids" else out
     for n in notes:
         print(f"segment: note: {n}", file=sys.stderr)
+    # the notes are also each case's warnings (load_case), so they reach run.log, report.csv and
+    # provenance.json with the case
     report = run_batch(in_root, engine, config, cases=cases, **batch_kwargs)
-    if notes:
-        log = _RunLog(engine / "run.log")
-        try:
-            for n in notes:
-                log(f"bids: {n}")
-        finally:
-            log.close()
     if layout == "bids":
-        _write_derivatives(in_root if bids_in else None, out, engine, report, config,
+        _write_derivatives(in_root, out, engine, report, config,
                            cases if cases is not None else find_case_dirs(in_root, exclude=[out]))
     return report
 

@@ -167,18 +167,23 @@ def choose_images(files: Iterable[Path]) -> tuple[dict[str, Path], list[tuple[Pa
         lst.sort(key=lambda bf: (_rank(bf[0]), bf[1].name))
         images[mod] = lst[0][1]
         for _, f in lst[1:]:
-            ignored.append((f, f"{mod}: {lst[0][1].name} chosen instead (acq-/rec-/run- rule)"))
+            ignored.append((f, f"{mod} is {lst[0][1].name} (BIDS rule: no acq- first, no rec- first, last run)"))
     return images, ignored
 
 
 def is_bids_root(path: str | os.PathLike) -> bool:
-    """True for a folder with ``dataset_description.json`` or any ``sub-*`` folder."""
+    """True for a folder with ``dataset_description.json``, or with a ``sub-*/anat`` or
+    ``sub-*/ses-*/anat`` folder (plain case folders that happen to be named ``sub-*`` are not BIDS)."""
     p = Path(path)
     if not p.is_dir():
         return False
     if (p / "dataset_description.json").is_file():
         return True
-    return any(d.is_dir() and re.fullmatch(rf"sub-{_LABEL}", d.name) for d in p.iterdir())
+    for d in p.iterdir():
+        if d.is_dir() and re.fullmatch(rf"sub-{_LABEL}", d.name):
+            if (d / "anat").is_dir() or any((s / "anat").is_dir() for s in d.glob("ses-*")):
+                return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -340,6 +345,17 @@ def bids_case(session: BidsSession, *, truth_from: str | None = None,
     if truth_from:
         truth = find_truth(session.root, session.subject, session.session, truth_from=truth_from, exclude=exclude)
     return Case(case_id=session.case_id, images=dict(session.images), truth=truth, root=session.anat)
+
+
+def ignored_notes(folder: Path) -> list[str]:
+    """One sentence per image of a BIDS ``anat`` folder that the modality rule left out (empty
+    for other folders): recorded as the case's warnings, so a run chosen over another shows."""
+    folder = Path(folder)
+    if session_of_anat(folder) is None or not folder.is_dir():
+        return []
+    files = [f for f in sorted(folder.iterdir()) if f.is_file() and not f.name.startswith(".")]
+    _, ignored = choose_images(files)
+    return [f"{f.name}: not used, {why}" for f, why in ignored]
 
 
 def anat_case(folder: Path) -> Case | None:

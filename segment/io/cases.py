@@ -99,6 +99,14 @@ def msd_case(image: Path, label: Path | None = None) -> Case:
     )
 
 
+def _nested_metaimage(folder: Path) -> Path | None:
+    """The one MetaImage file of a sub-folder (the BraTS 2012-2015 layout puts each series in a
+    folder of its own name), else None."""
+    files = [f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")]
+    mha = [f for f in files if f.name.lower().endswith((".mha", ".mhd"))]
+    return mha[0] if len(mha) == 1 else None
+
+
 def find_case(case_dir: str | os.PathLike) -> Case:
     """Find the modality and ground-truth files of one case.
 
@@ -134,6 +142,8 @@ def find_case(case_dir: str | os.PathLike) -> Case:
             continue
         if p.is_dir() and not is_image_name(p.name) and is_dicom_folder(p):
             pass  # a DICOM series folder named by modality (t1/, flair/ ...)
+        elif p.is_dir() and (inner := _nested_metaimage(p)) is not None:
+            p = inner  # BraTS 2012-2015: VSD.Brain.XX.O.MR_T1c.54513/VSD.Brain.XX.O.MR_T1c.54513.mha
         elif not p.is_file():
             # a name that claims an image but is a folder or a dangling link: never drop it silently
             if is_image_name(p.name) and classify_file(p.name) is not None:
@@ -272,7 +282,9 @@ def load_case(
     ref_ras = reorient_to_ras(reference)
     images: dict[str, Volume] = {}
     resampled: list[str] = []
-    notes: list[str] = []
+    from .bids import ignored_notes
+
+    notes: list[str] = ignored_notes(case.root) if case.root is not None else []
     registered: dict[str, np.ndarray] = {}
     coverage: np.ndarray | None = None
     fov: dict[str, np.ndarray] = {}

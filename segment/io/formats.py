@@ -348,8 +348,26 @@ def _checked(p: Path, data: np.ndarray, affine: np.ndarray, *, dtype, check_fini
     if not allow_empty and (data.size == 0 or not np.any(data != data.flat[0])):
         raise InputError(f"{p}: image is empty (every voxel is {float(data.flat[0]) if data.size else 'absent'})")
     if np.dtype(dtype).kind in "iu":
-        data = np.rint(data)
+        rounded = np.rint(data)
+        off = np.abs(data - rounded) > 1e-3
+        if off.any():
+            bad = np.unique(data[off])
+            shown = ", ".join(f"{v:g}" for v in bad[:5]) + (" ..." if bad.size > 5 else "")
+            raise InputError(
+                f"{p}: label map holds non-integer values ({shown}; {int(off.sum())} voxels); "
+                "labels must be whole numbers (was it resampled with linear interpolation?)"
+            )
+        data = rounded
     data = np.ascontiguousarray(data.astype(dtype, copy=False))
     if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise InputError(f"{p}: header has an invalid (singular or missing) geometry")
+    from .nifti import VOXEL_MM_RANGE
+
+    spacing = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+    lo, hi = VOXEL_MM_RANGE
+    if ((spacing < lo) | (spacing > hi)).any():
+        raise InputError(
+            f"{p}: voxel size {tuple(round(float(v), 6) for v in spacing)} mm is implausible "
+            f"(outside {lo:g}-{hi:g} mm); check the header's spacing"
+        )
     return Volume(data, np.asarray(affine, dtype=np.float64), p)

@@ -16,7 +16,7 @@ import warnings
 
 import numpy as np
 
-from segment.errors import ConvergenceWarning, SegmentError
+from segment.errors import ConvergenceWarning, NotFittedError, SegmentError
 from segment.mixture import _kernels as K_
 from segment.mixture._threads import run_parallel
 
@@ -57,30 +57,27 @@ class FitError(SegmentError, ValueError):
     """A mixture cannot be fitted to the data as given (ill-defined covariance, bad values)."""
 
 
-class NotFittedError(SegmentError, ValueError, AttributeError):
-    """A method that needs a fitted model was called before :meth:`GaussianMixture.fit`.
-
-    Derives from ``ValueError`` and ``AttributeError`` as scikit-learn's ``NotFittedError``
-    does; when scikit-learn is imported, the error raised is also an instance of
-    ``sklearn.exceptions.NotFittedError`` (see :func:`_not_fitted_class`), so code written
-    for scikit-learn catches it. scikit-learn is not imported here: it takes seconds.
-    """
-
-
 _NOT_FITTED_CLASSES: dict[type, type] = {}
 
 
 def _not_fitted_class() -> type:
-    """:class:`NotFittedError`, combined with scikit-learn's when scikit-learn is loaded."""
+    """:class:`~segment.errors.NotFittedError`, combined with scikit-learn's when scikit-learn is
+    loaded (never imported here: that takes seconds)."""
     sk = sys.modules.get("sklearn.exceptions")
     base = getattr(sk, "NotFittedError", None) if sk is not None else None
     if base is None:
         return NotFittedError
     cls = _NOT_FITTED_CLASSES.get(base)
     if cls is None:
-        cls = type("NotFittedError", (NotFittedError, base), {"__module__": __name__})
+        cls = type("NotFittedError", (NotFittedError, base),
+                   {"__module__": __name__, "__reduce__": lambda self: (_not_fitted_error, self.args)})
         _NOT_FITTED_CLASSES[base] = cls
     return cls
+
+
+def _not_fitted_error(*args):
+    """Unpickle a NotFittedError (in a process that may not have scikit-learn loaded)."""
+    return _not_fitted_class()(*args)
 
 
 _ILL_MSG = (

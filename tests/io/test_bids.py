@@ -122,7 +122,7 @@ def test_acq_rec_run_rule():
                    "flair": "sub-01_acq-a_FLAIR.nii.gz",  # acq labels alphabetically
                    "t1c": "sub-01_ce-gd_run-3_T1w.nii.gz"}
     assert sorted(p.name for p, _ in ignored) == sorted(set(names) - set(got.values()))
-    assert all("chosen instead" in why for _, why in ignored)
+    assert all("BIDS rule" in why for _, why in ignored)
 
 
 # ----------------------------------------------------------------------------- a dataset in code
@@ -158,8 +158,21 @@ def dataset(tmp_path_factory) -> Path:
     return root
 
 
-def test_discovery_one_case_per_subject_session(dataset):
+def test_is_bids_root(dataset, tmp_path):
     assert is_bids_root(dataset) and not is_bids_root(dataset / "sub-01")
+    plain = tmp_path / "plain"
+    (plain / "sub-01").mkdir(parents=True)  # plain case folders named sub-*: not BIDS
+    (plain / "sub-01" / "t1.nii.gz").write_bytes(b"")
+    assert not is_bids_root(plain)
+    (plain / "sub-02" / "ses-a" / "anat").mkdir(parents=True)
+    assert is_bids_root(plain)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "dataset_description.json").write_text("{}")
+    assert is_bids_root(bare)
+
+
+def test_discovery_one_case_per_subject_session(dataset):
     sessions = find_sessions(dataset)
     assert [s.case_id for s in sessions] == ["sub-01_ses-1", "sub-01_ses-2", "sub-02"]
     for s in sessions:
@@ -292,3 +305,72 @@ def test_writer_is_atomic_and_replaces_a_session_whole(tmp_path):
     with pytest.raises(FileNotFoundError):
         write_session(der, "01", "a", {"tissue": tmp_path / "missing.nii.gz"})
     assert (der / "sub-01" / "ses-a" / "anat" / "sub-01_ses-a_desc-brain_mask.nii.gz").is_file()  # old kept
+
+
+def test_output_inside_the_dataset_derivatives_is_not_read_back_as_truth(dataset, tmp_path):
+    """The usual BIDS-app call, OUT = BIDS_ROOT/derivatives/segment, run twice with --bids-truth:
+    segment's own dseg files under derivatives/ are never taken for ground truth."""
+    import shutil
+
+    ds = tmp_path / "ds"
+    shutil.copytree(dataset, ds, ignore=shutil.ignore_patterns("sub-01"))
+    out = ds / "derivatives" / "segment"
+    for _ in range(2):
+        report = run_bids_batch(ds, out, config_from_dict(FAST), truth_from="derivatives", workers=1, progress=False)
+        assert [r["status"] for r in report.rows] == ["ok"]
+    assert report.skipped == ["sub-02"]
+    assert (out / "sub-02" / "anat" / "sub-02_desc-tumor_dseg.nii.gz").is_file()
+    assert find_sessions(ds)[0].case_id == "sub-02"  # derivatives/ is not a subject
+    assert bids_violations(out) == []
+
+
+def test_plain_case_folders_into_the_bids_layout(tmp_path):
+    from segment.phantom import write_phantom_case
+
+    root = tmp_path / "in"
+    write_phantom_case(root, make_phantom(4, shape=SHAPE, spacing=(4.0, 4.0, 4.0)), "case_1")
+    out = tmp_path / "out"
+    report = run_bids_batch(root, out, config_from_dict(FAST), output_layout="bids", workers=1, progress=False)
+    assert report.rows[0]["status"] == "ok"
+    anat = out / "sub-case1" / "anat"
+    assert (anat / "sub-case1_dseg.nii.gz").is_file() and bids_violations(out) == []
+    side = json.loads((anat / "sub-case1_dseg.json").read_text())
+    assert "bids:raw:case_1/t1.nii.gz" in side["Sources"]
+
+
+def test_left_out_runs_become_case_warnings(tmp_path):
+    """Two T1w runs: the last is used and the other is named in the case's notes (warnings)."""
+    from segment.io.cases import load_case
+
+    anat = tmp_path / "ds" / "sub-07" / "anat"
+    anat.mkdir(parents=True)
+    ph = make_phantom(2, shape=(24, 28, 24), spacing=(8.0, 8.0, 8.0))
+    for run, scale in (("1", 1.0), ("2", 2.0)):
+        save_volume(ph.images["t1"] * scale, ph.affine, anat / f"sub-07_run-{run}_T1w.nii.gz", dtype=np.float32)
+    case = find_case(anat)
+    assert case.case_id == "sub-07" and case.images["t1"].name == "sub-07_run-2_T1w.nii.gz"
+    lc = load_case(case, register="never")
+    assert lc.notes == ["sub-07_run-1_T1w.nii.gz: not used, t1 is sub-07_run-2_T1w.nii.gz "
+                        "(BIDS rule: no acq- first, no rec- first, last run)"]
+    np.testing.assert_allclose(lc.images["t1"].data.max(), 2 * ph.images["t1"].max(), rtol=1e-6)
+
+
+def test_segment_run_output_layout_bids(dataset, tmp_path, capsys):
+    out = tmp_path / "one"
+    assert main(["run", str(dataset / "sub-02" / "anat"), "--out", str(out), "--output-layout", "bids",
+                 "--config", str(_fast_yaml(tmp_path))]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["case"] == "sub-02"
+    assert Path(summary["outputs"]["bids_tissue"]) == out / "sub-02" / "anat" / "sub-02_dseg.nii.gz"
+    assert (out / "segment" / "sub-02" / "tissue.nii.gz").is_file()
+    assert bids_violations(out) == []
+    desc = json.loads((out / "dataset_description.json").read_text())
+    assert (out / desc["DatasetLinks"]["raw"]).resolve() == dataset.resolve()
+
+
+def _fast_yaml(tmp_path: Path) -> Path:
+    import yaml
+
+    p = tmp_path / "fast.yaml"
+    p.write_text(yaml.safe_dump(FAST))
+    return p

@@ -162,6 +162,13 @@ def test_bad_files_fail_with_one_line_naming_them(tmp_path, phantom):
     sitk.WriteImage(flat, str(tmp_path / "slice.nrrd"))
     with pytest.raises(InputError, match=r"slice\.nrrd: is 2-D"):
         load_volume(tmp_path / "slice.nrrd")
+    lab = np.zeros((4, 4, 4), np.float32)
+    lab[1, 1, 1] = 1.5
+    with pytest.raises(InputError, match=r"lab\.nrrd: label map holds non-integer values \(1\.5"):
+        load_volume(save_image(lab, np.eye(4), tmp_path / "lab.nrrd"), dtype=np.int16, allow_empty=True)
+    tiny = np.diag([1e-5, 1.0, 1.0, 1.0])
+    with pytest.raises(InputError, match=r"tiny\.mha: voxel size .* is implausible"):
+        load_volume(save_image(data, tiny, tmp_path / "tiny.mha"))
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(InputError, match=r"notes\.txt: unknown image format"):
         load_image(tmp_path / "notes.txt")
@@ -185,3 +192,20 @@ def test_dicom_folder_errors(tmp_path, phantom):
     (plain / "a.txt").write_text("x")
     with pytest.raises(InputError, match=r"plain: is a folder"):
         load_volume(plain)
+
+
+def test_brats_2013_layout_one_metaimage_per_series_folder(tmp_path, phantom):
+    """BraTS 2012-2015 ship VSD.Brain.XX.O.MR_<modality>.<id>/VSD...<id>.mha per series."""
+    data, aff = phantom
+    case = tmp_path / "brats_2013_pat0001_1"
+    names = {"t1": "MR_T1", "t1c": "MR_T1c", "t2": "MR_T2", "flair": "MR_Flair"}
+    for i, (m, n) in enumerate(names.items()):
+        stem = f"VSD.Brain.XX.O.{n}.5451{i}"
+        save_image(data, aff, case / stem / f"{stem}.mha")
+    ot = "VSD.Brain_3more.XX.O.OT.54517"
+    save_image((data > 2000).astype(np.uint8), aff, case / ot / f"{ot}.mha")
+    c = find_case(case)
+    assert {m: p.parent.name for m, p in c.images.items()} == {
+        m: f"VSD.Brain.XX.O.{n}.5451{i}" for i, (m, n) in enumerate(names.items())}
+    assert c.truth == {}  # the OT files' 1-4 coding (3 = non-enhancing) is not read as truth
+    np.testing.assert_array_equal(load_volume(c.images["t1c"]).data, data.astype(np.float32))

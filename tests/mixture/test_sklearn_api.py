@@ -19,7 +19,7 @@ from sklearn.utils import get_tags  # noqa: E402
 from sklearn.utils.validation import check_is_fitted  # noqa: E402
 
 from segment import GaussianMixture  # noqa: E402
-from segment.mixture.gmm import NotFittedError  # noqa: E402
+from segment.errors import NotFittedError  # noqa: E402
 
 #: Checks that scikit-learn itself skips in some environments, and why. Nothing else may be
 #: skipped and nothing may fail.
@@ -68,6 +68,11 @@ def test_not_fitted_error_is_ours_and_scikit_learns():
             method(np.zeros((3, 2)))
     with pytest.raises(NotFittedError):
         gm.sample(3)
+    try:  # picklable, as exceptions crossing joblib's worker processes must be
+        gm.predict(np.zeros((3, 2)))
+    except NotFittedError as exc:
+        again = pickle.loads(pickle.dumps(exc))
+        assert isinstance(again, SkNotFittedError) and again.args == exc.args
     # scikit-learn's own contract: NotFittedError is both a ValueError and an AttributeError
     assert issubclass(NotFittedError, ValueError) and issubclass(NotFittedError, AttributeError)
     gm.fit(_blobs())
