@@ -148,7 +148,7 @@ class TumorConfig(_Strict):
         0.45, gt=0, lt=1, description="WT boundary at this fraction of the way from healthy to lesion FLAIR level"
     )
     wt_floor_z: float = Field(1.5, ge=0, le=10, description="WT boundary never below this FLAIR robust z")
-    grow_mm: float = Field(20.0, ge=0, le=100, description="WT grows at most this far (mm) from a seed")
+    grow_mm: float = Field(40.0, ge=0, le=100, description="tumor classes exist at most this far (mm) from a seed lesion")
     csf_flair_z: float = Field(
         -1.0, ge=-10, le=5, description="filled holes darker than this on FLAIR are CSF, never tumor"
     )
@@ -168,6 +168,13 @@ class TumorConfig(_Strict):
     et_floor_sd: float = Field(2.0, ge=0, le=20, description="ET boundary never below this many SDs above that level")
     min_et_mm3: float = Field(50.0, ge=0, description="ET islands (and total candidates) smaller than this are dropped")
     core_close_mm: float = Field(3.0, ge=0, le=20, description="closing radius (mm) of ET before filling the core (NCR)")
+    core_cap_mm: float = Field(
+        4.0, ge=0, le=20, description="outside the brain this close (mm) to ET closes a rim open at the surface"
+    )
+    # the joint healthy + tumor mixture
+    alpha0: float = Field(0.5, gt=0, lt=1, description="initial latent tumor prior inside the reach of a lesion")
+    mrf_beta: float = Field(1.5, ge=0, le=10, description="weight of the neighbours' posteriors (mean-field Potts MRF)")
+    em_iterations: int = Field(12, ge=1, le=100, description="EM iterations per round (3 rounds: the enclosed core is updated between)")
 
 
 class OutputConfig(_Strict):

@@ -60,6 +60,7 @@ from scipy import ndimage as ndi
 from ..config import TumorConfig
 from ..postprocess import fill_holes_nd
 from ..types import MODALITIES
+from .tumor_model import HEALTHY, enclosed_core, fit_healthy, fit_tumor_mixture
 
 __all__ = ["TumorResult", "tumor_regions_possible", "should_run_tumor", "segment_tumor", "TUMOR_LABELS"]
 
@@ -337,6 +338,8 @@ def segment_tumor(
     *,
     config: TumorConfig,
     seed: int = 0,
+    healthy_prior: np.ndarray | None = None,
+    want_probabilities: bool = False,
 ) -> TumorResult:
     """Detect a glioma and label it NCR / ED / ET.
 
@@ -381,14 +384,15 @@ def segment_tumor(
         "modalities": modalities,
         "regions": list(regions),
         "tumor_found": False,
+        "flags": [],
     }
 
-    def _finish(lab: np.ndarray) -> TumorResult:
+    def _finish(lab: np.ndarray, probs=None) -> TumorResult:
         vols = {name: float(np.count_nonzero(lab == k) * vv / 1000.0) for k, name in TUMOR_LABELS.items()}
         vols["WT"] = vols["NCR"] + vols["ED"] + vols["ET"]
         vols["TC"] = vols["NCR"] + vols["ET"]
         info["volumes_ml"] = {k: round(v, 3) for k, v in vols.items()}
-        return TumorResult(labels=lab, regions=list(regions), probabilities=None, info=info)
+        return TumorResult(labels=lab, regions=list(regions), probabilities=probs, info=info)
 
     if not regions:
         info["decision"] = (
@@ -455,112 +459,131 @@ def segment_tumor(
         )
         return _finish(labels)
 
-    # ---- 2. whole tumor ----------------------------------------------------------------
+    # ---- 2. the joint healthy + tumor mixture -----------------------------------------
     seeds = np.isin(lab, lesions)
     reach = _dilate_mm(seeds, cfg.grow_mm, spacing) & m
-    lesion_level = float(np.median(fs[seeds]))
-    healthy = m & ~reach
-    healthy_level = float(np.median(fs[healthy])) if healthy.any() else 0.0
-    t_wt = max(cfg.wt_floor_z, healthy_level + cfg.wt_fraction * (lesion_level - healthy_level))
-    grow = (fs > t_wt) & reach
-    glab, _ = ndi.label(grow | seeds, structure=_FULL)
-    keep_ids = np.unique(glab[seeds])
-    wt0 = np.isin(glab, keep_ids[keep_ids > 0])
-    info["flair_threshold_z"] = round(t_wt, 3)
-    info["flair_lesion_level_z"] = round(lesion_level, 3)
-    info["flair_healthy_level_z"] = round(healthy_level, 3)
+    outside = m & ~reach
+    if np.count_nonzero(outside) < 0.2 * np.count_nonzero(m):
+        info["flags"].append("tumor reach covers most of the brain: healthy model fitted on the whole brain")
+        outside = m
+    hmods = list(f)
+    Xh = np.stack([f[k][outside] for k in hmods], axis=1)
+    healthy = fit_healthy(Xh, hmods, seed=seed)
+    healthy["modalities"] = hmods
+    info["healthy_means"] = {c: [round(float(x), 3) for x in healthy["means"][j]] for j, c in enumerate(HEALTHY)}
+    init, tcls = _signature_init(f, m, reach, seeds, healthy, hmods)
+    hp = None
+    if healthy_prior is not None:
+        hp = np.asarray(healthy_prior, dtype=np.float32)[box]
+    mix = fit_tumor_mixture(
+        f, m, reach, spacing, healthy=healthy, healthy_prior=hp, tumor_classes=tcls, init=init,
+        alpha0=cfg.alpha0, beta=cfg.mrf_beta, iterations=cfg.em_iterations, close_mm=cfg.core_close_mm,
+        cap_mm=cfg.core_cap_mm, min_et_mm3=cfg.min_et_mm3,
+    )
+    info["flags"].extend(mix.info.get("flags", []))
+    info["mixture"] = {k: v for k, v in mix.info.items() if k != "flags"}
+    info["tumor_means"] = mix.means
 
-    et = np.zeros_like(m)
-    if "t1c" in f:
-        # ---- 3. enhancement ------------------------------------------------------------
-        if "t1" in f:
-            e = f["t1c"] - f["t1"]
-            info["enhancement"] = "t1c - t1"
-        else:
-            e = f["t1c"]
-            info["enhancement"] = "t1c"
-        if cfg.et_smooth_mm > 0:
-            e = _smooth(e, m, cfg.et_smooth_mm, spacing)
-        if "t1" in f:
-            region = _dilate_mm(wt0, cfg.et_margin_mm, spacing) & m
-        else:
-            # T1c alone: bright healthy white matter borders the lesion, so no margin
-            region = fill_holes_nd(wt0) & m
-        # with T1 the enhancement of healthy tissue is ~0: a shell of normal brain anchors the
-        # non-enhancing reference even when the lesion is mostly enhancing rim and core
-        ref_region = (_dilate_mm(region, cfg.et_ref_shell_mm, spacing) & m) if "t1" in f else region
-        split = _enhancement_split(e[region], e[ref_region], cfg, int(np.ceil(cfg.min_et_mm3 / vv)))
-        info["enhancement_model"] = split
-        if split["enhancing"]:
-            et = (e > split["threshold"]) & region
-            et = _remove_small(et, cfg.min_et_mm3, vv)
-
-    # which lesions are kept: the largest, and others that are large or enhance themselves
-    sizes = {i: int(np.count_nonzero(lab == i)) for i in lesions}
-    largest = max(lesions, key=lambda i: (sizes[i], -i))
-    kept = []
-    for rec, i in zip([r for r in lesion_info if r["status"] == "candidate"], lesions):
-        near = _dilate_mm(lab == i, cfg.et_margin_mm + 2.0, spacing)
-        n_et = int(np.count_nonzero(near & et))
-        if i == largest:
-            rec["status"] = "tumor"
-        elif sizes[i] >= cfg.secondary_fraction * sizes[largest]:
-            rec["status"] = "tumor (large secondary lesion)"
-        elif n_et * vv >= cfg.min_et_mm3:
-            rec["status"] = "tumor (enhancing secondary lesion)"
-        else:
-            rec["status"] = "rejected: small secondary lesion without enhancement"
-            continue
-        kept.append(i)
-    if len(kept) < len(lesions):  # grow the whole tumor again from the kept seeds only
-        seeds = np.isin(lab, kept)
-        glab, _ = ndi.label(grow | seeds, structure=_FULL)
-        keep_ids = np.unique(glab[seeds])
-        wt0 = np.isin(glab, keep_ids[keep_ids > 0])
-    else:
-        seeds = np.isin(lab, kept)
-    wlab0, _ = ndi.label(wt0 | et, structure=_FULL)
-    ids = np.unique(wlab0[seeds])
-    keep = np.isin(wlab0, ids[ids > 0])
-    wt0 &= keep
-    et &= keep
-    info["enhancing"] = bool(et.any())
-
-    ncr = np.zeros_like(m)
-    if et.any():
-        # ---- 4. necrosis ---------------------------------------------------------------
-        b = _bbox(et, int(np.ceil(cfg.core_close_mm / min(spacing))) + 2)
-        closed = ndi.binary_closing(et[b], structure=_ball(cfg.core_close_mm, spacing))
-        core = _fill_holes_all_axes(closed | et[b])
-        ncr[b] = core
-        ncr &= ~et & m
-        # specks enclosed by the rim (voxels just under the threshold) are part of the rim
-        small = ncr & ~_remove_small(ncr, cfg.min_et_mm3, vv)
-        et |= small
-        ncr &= ~small
-
-    # ---- 5. clean-up -------------------------------------------------------------------
-    wt = wt0 | et | ncr
-    filled = fill_holes_nd(wt)
-    holes = filled & ~wt
-    csf_like = f["flair"] < cfg.csf_flair_z
-    wt = (wt | (holes & ~csf_like)) & m
-    # drop islands that do not touch a detected lesion
-    wlab, _ = ndi.label(wt, structure=_FULL)
-    ids = np.unique(wlab[seeds])
-    wt = np.isin(wlab, ids[ids > 0])
+    # ---- 3. hard labels ------------------------------------------------------------------
+    mb = mix.box
+    Q = mix.posteriors
+    cls = mix.classes
+    arg = np.argmax(Q, axis=0)
+    inb = m[mb]
+    lab_b = {c: (arg == cls.index(c)) & inb for c in TUMOR_LABELS.values() if c in cls}
+    et = lab_b.get("ET", np.zeros(inb.shape, bool))
+    et = _remove_small(et, cfg.min_et_mm3, vv)
+    tum = np.zeros(inb.shape, bool)
+    for c in lab_b.values():
+        tum |= c
+    core = enclosed_core(et, inb, spacing, cfg.core_close_mm, cfg.core_cap_mm) if et.any() else np.zeros_like(et)
+    tum |= core
+    # whole tumor: the tumor voxels connected to a detected lesion
+    sb = seeds[mb]
+    wl, _ = ndi.label(tum | sb, structure=_FULL)
+    ids = np.unique(wl[sb])
+    wt = np.isin(wl, ids[ids > 0]) & inb
     wt = _remove_small(wt, cfg.min_island_mm3, vv)
     et &= wt
-    ncr &= wt
-    sub_lab = np.zeros(m.shape, np.uint8)
     if "t1c" in f:
-        sub_lab[wt] = ED
-        sub_lab[ncr] = NCR
-        sub_lab[et] = ET
+        ncr = (lab_b.get("NCR", np.zeros_like(wt)) | core) & wt & ~et
     else:
-        sub_lab[wt] = ED
-    labels[box] = sub_lab
+        ncr = np.zeros_like(wt)
+    sub_lab = np.zeros(inb.shape, np.uint8)
+    sub_lab[wt] = ED
+    sub_lab[ncr] = NCR
+    sub_lab[et] = ET
+    full = np.zeros(m.shape, np.uint8)
+    full[mb] = sub_lab
+    labels[box] = full
+    kept = [i for i in lesions if np.any(wt & (lab[mb] == i))]
+    for rec, i in zip([r for r in lesion_info if r["status"] == "candidate"], lesions):
+        rec["status"] = "tumor" if i in kept else "rejected: no tumor class found around it"
+    info["enhancing"] = bool(et.any())
     info["tumor_found"] = bool(wt.any())
     info["n_lesions"] = len(kept)
-    info["decision"] = f"tumor: {len(kept)} FLAIR-hyperintense lesion(s) of at least {cfg.min_tumor_ml:g} mL"
+    info["decision"] = (
+        f"tumor: {len(kept)} FLAIR-hyperintense lesion(s) of at least {cfg.min_tumor_ml:g} mL, "
+        f"classes {', '.join(c for c in cls if c in TUMOR_LABELS.values())} fitted with the healthy mixture"
+    )
+    if want_probabilities:
+        probs = {}
+        for c in TUMOR_LABELS.values():
+            pm = np.zeros(mask.shape, np.float32)
+            if c in cls:
+                sub = np.zeros(m.shape, np.float32)
+                sub[mb] = Q[cls.index(c)]
+                pm[box] = sub
+            probs[c] = pm
+        ent = np.zeros(mask.shape, np.float32)
+        qq = np.clip(Q, 1e-12, 1.0)
+        e = -(Q * np.log(qq)).sum(0)
+        sub = np.zeros(m.shape, np.float32)
+        sub[mb] = np.where(inb, e, 0.0)
+        ent[box] = sub
+        probs["entropy"] = ent
+        return _finish(labels, probs)
     return _finish(labels)
+
+
+def _signature_init(f, m, reach, seeds, healthy, mods):
+    """Voxels whose signature starts each tumor class, and the classes the modalities support."""
+    H = healthy["means"]
+    sd = np.sqrt(np.stack([np.diag(c) for c in healthy["covs"]]))
+    CSF_, GM_, WM_ = 0, 1, 2
+    j = {k: i for i, k in enumerate(mods)}
+    X = np.stack([f[k] for k in mods], axis=0)
+    # outlier of every healthy class (Mahalanobis)
+    d2 = np.full(m.shape, np.inf, np.float32)
+    for k in range(3):
+        P = np.linalg.inv(healthy["covs"][k])
+        D = X - H[k][:, None, None, None]
+        d2 = np.minimum(d2, np.einsum("i...,ij,j...->...", D, P, D))
+    out = (d2 > 13.8) & reach & m
+    init: dict[str, np.ndarray] = {}
+    tcls = []
+    bright = np.zeros(m.shape, bool)
+    if "flair" in j:
+        fl = f["flair"]
+        bright = fl > H[GM_, j["flair"]] + 2.5 * sd[GM_, j["flair"]]
+        tcls.append("ED")
+    enh = np.zeros(m.shape, bool)
+    if "t1c" in j:
+        if "t1" in j:
+            e = f["t1c"] - f["t1"]
+            he = H[:, j["t1c"]] - H[:, j["t1"]]
+            hs = np.sqrt(sd[:, j["t1c"]] ** 2 + sd[:, j["t1"]] ** 2)
+            enh = e > (he + 3.0 * hs)[GM_:].max()
+        else:
+            enh = f["t1c"] > (H[:, j["t1c"]] + 3.0 * sd[:, j["t1c"]])[GM_:].max()
+        dark = f["t1c"] < H[GM_, j["t1c"]] - 2.0 * sd[GM_, j["t1c"]]
+        if "flair" in j:
+            notcsf = f["flair"] > H[CSF_, j["flair"]] + 3.0 * sd[CSF_, j["flair"]]
+        else:
+            notcsf = f["t1c"] > H[CSF_, j["t1c"]] + 3.0 * sd[CSF_, j["t1c"]]
+        init["ET"] = enh & out
+        init["NCR"] = dark & notcsf & out & ~enh
+        tcls += ["ET", "NCR"]
+    if "flair" in j:
+        init["ED"] = ((bright & out) | seeds) & ~enh & ~init.get("NCR", np.zeros(m.shape, bool))
+    return init, [c for c in TUMOR_LABELS.values() if c in tcls]
