@@ -173,8 +173,12 @@ class TumorConfig(_Strict):
     )
     # the joint healthy + tumor mixture
     alpha0: float = Field(0.5, gt=0, lt=1, description="initial latent tumor prior inside the reach of a lesion")
-    mrf_beta: float = Field(1.5, ge=0, le=10, description="weight of the neighbours' posteriors (mean-field Potts MRF)")
-    em_iterations: int = Field(12, ge=1, le=100, description="EM iterations per round (3 rounds: the enclosed core is updated between)")
+    mrf_beta: float = Field(
+        0.3, ge=0, le=5, description="MRF weight per neighbour (x 1/mm, 6-neighbourhood mean field) of the tumor mixture"
+    )
+    em_iterations: int = Field(
+        10, ge=1, le=100, description="EM iterations per round of the tumor mixture (2 rounds: the enclosed core between)"
+    )
 
 
 class OutputConfig(_Strict):

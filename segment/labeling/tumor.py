@@ -60,7 +60,7 @@ from scipy import ndimage as ndi
 from ..config import TumorConfig
 from ..postprocess import fill_holes_nd
 from ..types import MODALITIES
-from .tumor_model import HEALTHY, enclosed_core, fit_healthy, fit_tumor_mixture
+from .tumor_model import HEALTHY, enclosed_blobs, enclosed_core, fit_healthy, fit_tumor_mixture
 
 __all__ = ["TumorResult", "tumor_regions_possible", "should_run_tumor", "segment_tumor", "TUMOR_LABELS"]
 
@@ -471,12 +471,12 @@ def segment_tumor(
     healthy = fit_healthy(Xh, hmods, seed=seed)
     healthy["modalities"] = hmods
     info["healthy_means"] = {c: [round(float(x), 3) for x in healthy["means"][j]] for j, c in enumerate(HEALTHY)}
-    init, tcls = _signature_init(f, m, reach, seeds, healthy, hmods)
+    init, tcls, gate = _signature_init(f, m, reach, seeds, healthy, hmods)
     hp = None
     if healthy_prior is not None:
         hp = np.asarray(healthy_prior, dtype=np.float32)[box]
     mix = fit_tumor_mixture(
-        f, m, reach, spacing, healthy=healthy, healthy_prior=hp, tumor_classes=tcls, init=init,
+        f, m, reach, spacing, healthy=healthy, healthy_prior=hp, tumor_classes=tcls, init=init, gate=gate,
         alpha0=cfg.alpha0, beta=cfg.mrf_beta, iterations=cfg.em_iterations, close_mm=cfg.core_close_mm,
         cap_mm=cfg.core_cap_mm, min_et_mm3=cfg.min_et_mm3,
     )
@@ -497,6 +497,10 @@ def segment_tumor(
     for c in lab_b.values():
         tum |= c
     core = enclosed_core(et, inb, spacing, cfg.core_close_mm, cfg.core_cap_mm) if et.any() else np.zeros_like(et)
+    tum |= core
+    # a FLAIR-dark / T1c-dark core enclosed by the tumor is necrosis, not CSF
+    encl = enclosed_blobs(_remove_small(tum, cfg.min_et_mm3, vv), inb, spacing, cfg.core_close_mm, cfg.core_cap_mm, 3.0)
+    core |= encl & (arg < len(HEALTHY))
     tum |= core
     # whole tumor: the tumor voxels connected to a detected lesion
     sb = seeds[mb]
@@ -586,4 +590,21 @@ def _signature_init(f, m, reach, seeds, healthy, mods):
         tcls += ["ET", "NCR"]
     if "flair" in j:
         init["ED"] = ((bright & out) | seeds) & ~enh & ~init.get("NCR", np.zeros(m.shape, bool))
-    return init, [c for c in TUMOR_LABELS.values() if c in tcls]
+    # signature gates (soft, logistic over half an SD): edema is FLAIR-brighter than healthy GM,
+    # enhancing tumor brighter on T1c (T1c - T1) than healthy GM and WM, the core darker on T1c than GM
+    gate: dict[str, np.ndarray] = {}
+
+    def _sig(x, t, s):
+        return (1.0 / (1.0 + np.exp(-(x - t) / max(s, 1e-3)))).astype(np.float32)
+
+    if "flair" in j:
+        jf = j["flair"]
+        gate["ED"] = _sig(f["flair"], H[GM_, jf] + 1.0 * sd[GM_, jf], 0.5 * sd[GM_, jf])
+    if "t1c" in j:
+        jc = j["t1c"]
+        if "t1" in j:
+            gate["ET"] = _sig(e, float((he + 2.0 * hs)[GM_:].max()), 0.5 * float(hs[GM_:].min()))
+        else:
+            gate["ET"] = _sig(f["t1c"], float((H[:, jc] + 2.0 * sd[:, jc])[GM_:].max()), 0.5 * float(sd[GM_:, jc].min()))
+        gate["NCR"] = _sig(-f["t1c"], -(H[GM_, jc] - 0.5 * sd[GM_, jc]), 0.5 * sd[GM_, jc])
+    return init, [c for c in TUMOR_LABELS.values() if c in tcls], gate

@@ -31,8 +31,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import math
+
 import numpy as np
+from numba import njit, prange
 from scipy import ndimage as ndi
+
+from .mrf import _mean_field
 
 __all__ = [
     "HEALTHY",
@@ -233,6 +238,19 @@ def enclosed_core(et: np.ndarray, brain: np.ndarray, spacing, close_mm: float, c
     return out
 
 
+def enclosed_blobs(tumor: np.ndarray, brain: np.ndarray, spacing, close_mm: float, cap_mm: float,
+                   blob_mm: float) -> np.ndarray:
+    """The thick parts of what ``tumor`` encloses (see :func:`enclosed_core`): opened with a
+    ball of ``blob_mm`` (at least one voxel), so a cyst inside edema counts and the thin sheets
+    of sulcal CSF or a few-voxel gap do not."""
+    enc = enclosed_core(tumor, brain, spacing, close_mm, cap_mm)
+    if not enc.any():
+        return enc
+    r = max(blob_mm, 1.01 * min(spacing))
+    ball = _ball(r, spacing)
+    return ndi.binary_opening(enc, structure=ball) & enc
+
+
 # --------------------------------------------------------------------------- the joint model
 
 
@@ -247,22 +265,64 @@ class TumorMixtureResult:
     info: dict[str, object] = field(default_factory=dict)
 
 
-def _mrf_field(Q: np.ndarray, brain: np.ndarray) -> np.ndarray:
-    """Mean of each class's posterior over the 26 neighbours (inside the brain)."""
-    out = np.empty_like(Q)
-    bf = brain.astype(np.float32)
-    den = ndi.uniform_filter(bf, 3, mode="constant") * 27.0 - bf
-    den = np.maximum(den, 1.0)
-    for k in range(Q.shape[0]):
-        out[k] = (ndi.uniform_filter(Q[k] * bf, 3, mode="constant") * 27.0 - Q[k] * bf) / den
-    return out
+@njit(parallel=True, cache=True, fastmath=True)
+def _unary(X, means, linv, logdet, logprior, out):
+    """out[i, k] = log N(X[i]; means[k], (L L^T)) + logprior[i, k] for every voxel and class."""
+    n, d = X.shape
+    K = means.shape[0]
+    c0 = -0.5 * d * math.log(2.0 * math.pi)
+    for i in prange(n):
+        z = np.empty(d, np.float64)
+        for k in range(K):
+            for a in range(d):
+                z[a] = X[i, a] - means[k, a]
+            m = 0.0
+            for a in range(d):
+                t = 0.0
+                for b in range(a + 1):
+                    t += linv[k, a, b] * z[b]
+                m += t * t
+            out[i, k] = np.float32(c0 - 0.5 * logdet[k] - 0.5 * m + logprior[i, k])
+
+
+@njit(cache=True)
+def _weighted_moments(X, Q, cols):
+    """Sum of weights, weighted means and covariances of X for the classes ``cols`` of Q."""
+    n, d = X.shape
+    K = cols.shape[0]
+    s0 = np.zeros(K)
+    s1 = np.zeros((K, d))
+    s2 = np.zeros((K, d, d))
+    for i in range(n):
+        for kk in range(K):
+            w = Q[i, cols[kk]]
+            if w <= 0:
+                continue
+            s0[kk] += w
+            for a in range(d):
+                s1[kk, a] += w * X[i, a]
+                for b in range(a + 1):
+                    s2[kk, a, b] += w * X[i, a] * X[i, b]
+    mu = np.zeros((K, d))
+    cov = np.zeros((K, d, d))
+    for kk in range(K):
+        if s0[kk] <= 0:
+            continue
+        for a in range(d):
+            mu[kk, a] = s1[kk, a] / s0[kk]
+        for a in range(d):
+            for b in range(a + 1):
+                v = s2[kk, a, b] / s0[kk] - mu[kk, a] * mu[kk, b]
+                cov[kk, a, b] = v
+                cov[kk, b, a] = v
+    return s0, mu, cov
 
 
 def _smooth_in(a: np.ndarray, brain: np.ndarray, sigma_mm: float, spacing) -> np.ndarray:
     sig = [sigma_mm / s for s in spacing]
     bf = brain.astype(np.float32)
-    num = ndi.gaussian_filter(a * bf, sig, mode="constant")
-    den = ndi.gaussian_filter(bf, sig, mode="constant")
+    num = ndi.gaussian_filter(a * bf, sig, mode="constant", truncate=2.5)
+    den = ndi.gaussian_filter(bf, sig, mode="constant", truncate=2.5)
     out = np.zeros_like(num)
     np.divide(num, den, out=out, where=den > 1e-3)
     return out
@@ -278,15 +338,17 @@ def fit_tumor_mixture(
     healthy_prior: np.ndarray | None = None,
     tumor_classes: Sequence[str] = TUMOR,
     init: Mapping[str, np.ndarray] | None = None,
+    gate: Mapping[str, np.ndarray] | None = None,
     alpha0: float = 0.5,
     alpha_min: float = 0.02,
     alpha_max: float = 0.95,
     alpha_smooth_mm: float = 2.0,
-    beta: float = 1.5,
-    iterations: int = 12,
-    core_rounds: int = 2,
+    beta: float = 0.3,
+    iterations: int = 10,
+    core_rounds: int = 1,
     close_mm: float = 3.0,
     cap_mm: float = 4.0,
+    blob_mm: float = 3.0,
     min_et_mm3: float = 50.0,
     reg: float = 1e-2,
 ) -> TumorMixtureResult:
@@ -301,11 +363,24 @@ def fit_tumor_mixture(
     healthy : mapping
         Output of :func:`fit_healthy` (CSF, GM, WM) plus ``modalities``.
     healthy_prior : ndarray of shape (X, Y, Z, 3), optional
-        Per-voxel CSF/GM/WM prior probabilities; flat (the fitted weights) when None.
+        Per-voxel CSF/GM/WM prior probabilities (on the same grid); flat (the fitted weights)
+        when None.
     tumor_classes : sequence of str
         Subset of ``NCR``, ``ED``, ``ET`` the modalities support.
     init : mapping of str to bool ndarray of shape (X, Y, Z)
         Voxels whose signature starts each tumor class.
+    gate : mapping of str to float ndarray of shape (X, Y, Z), optional
+        Per-voxel factor in [0, 1] of each tumor class's prior: how well the voxel fits the
+        class's signature (e.g. FLAIR above GM for edema); it keeps a class from drifting onto
+        healthy tissue. Not applied inside an enclosed core for NCR.
+    alpha0, alpha_min, alpha_max, alpha_smooth_mm
+        Latent tumor prior: start value inside ``reach``, clipping range and smoothing (mm)
+        of the tumor posterior that re-estimates it.
+    beta : float
+        MRF weight (per neighbour, times 1 / distance in mm; 6-neighbourhood, red-black mean
+        field as in :mod:`segment.labeling.mrf`).
+    iterations, core_rounds
+        EM iterations per round; rounds after the first give the enclosed core to ET/NCR.
     """
     mods = list(healthy["modalities"])
     pad = 2
@@ -313,116 +388,122 @@ def fit_tumor_mixture(
     box = tuple(slice(max(int(i.min()) - pad, 0), min(int(i.max()) + pad + 1, n)) for i, n in zip(idx, reach.shape))
     b = brain[box]
     r = reach[box] & b
-    X = np.stack([np.asarray(features[m][box], dtype=np.float64)[b] for m in mods], axis=1)
-    n = X.shape[0]
+    X = np.ascontiguousarray(np.stack([np.asarray(features[m][box], dtype=np.float64)[b] for m in mods], axis=1))
+    n, d = X.shape
     classes = list(HEALTHY) + [c for c in TUMOR if c in tumor_classes]
-    K = len(classes)
     nh = len(HEALTHY)
-    # healthy log-likelihoods are fixed
-    logL = np.empty((n, K))
-    for k in range(nh):
-        logL[:, k] = _logpdf(X, healthy["means"][k], healthy["covs"][k])
     if healthy_prior is not None:
         hp = np.asarray(healthy_prior, dtype=np.float64)[box][b]
         hp = np.clip(hp, 1e-4, None)
         hp /= hp.sum(1, keepdims=True)
     else:
         hp = np.broadcast_to(np.asarray(healthy["weights"], dtype=np.float64), (n, nh))
-    # tumor classes started from their signature voxels
     means: dict[str, np.ndarray] = {}
     covs: dict[str, np.ndarray] = {}
     tw: dict[str, float] = {}
     info: dict[str, object] = {"flags": []}
     init = init or {}
-    dropped = []
-    for c in classes[nh:]:
+    for c in list(classes[nh:]):
         sel = init.get(c)
         sel = sel[box][b] if sel is not None else np.zeros(n, bool)
-        if np.count_nonzero(sel) < max(10, X.shape[1] + 2):
-            dropped.append(c)
+        if np.count_nonzero(sel) < max(10, d + 2):
+            classes.remove(c)
+            info["flags"].append(f"tumor class {c}: too few voxels with its signature, not modelled")
             continue
         means[c], covs[c] = _moments(X[sel], np.ones(int(sel.sum())), reg)
         tw[c] = float(sel.sum())
-    for c in dropped:
-        classes.remove(c)
-        info["flags"].append(f"tumor class {c}: too few voxels with its signature, not modelled")
     K = len(classes)
-    logL = logL[:, :K]
     tcls = classes[nh:]
+    idxmap = np.full(b.shape, -1, np.int32)
+    idxmap[b] = np.arange(n, dtype=np.int32)
+    w_axes = np.array([1.0 / s for s in spacing])
     if not tcls:
         Q = np.zeros((K,) + b.shape, np.float32)
-        P = hp / hp.sum(1, keepdims=True)
-        Q[:, b] = P.T
+        Q[:, b] = (hp / hp.sum(1, keepdims=True)).T
         return TumorMixtureResult(classes, Q, box, {}, info)
     s = sum(tw.values())
     tw = {c: v / s for c, v in tw.items()}
+    gates = {c: (np.asarray(gate[c], dtype=np.float64)[box][b] if gate and c in gate else np.ones(n)) for c in tcls}
     alpha = np.where(r, alpha0, 0.0).astype(np.float32)
     core = np.zeros(b.shape, bool)
-    Qv = np.zeros((n, K))
+    core_wt = np.zeros(b.shape, bool)
     vv = float(np.prod(spacing))
-    total_iter = iterations * (core_rounds + 1)
+    hmeans = np.asarray(healthy["means"], dtype=np.float64)
+    hcovs = np.asarray(healthy["covs"], dtype=np.float64)
+    q = np.empty((n, K), np.float32)
+    unary = np.empty((n, K), np.float32)
     history = []
-    for it in range(total_iter):
-        for j, c in enumerate(tcls):
-            logL[:, nh + j] = _logpdf(X, means[c], covs[c])
+    rounds = core_rounds + 1
+    for it in range(iterations * rounds):
+        allm = np.concatenate([hmeans, np.stack([means[c] for c in tcls])])
+        allc = np.concatenate([hcovs, np.stack([covs[c] for c in tcls])])
+        L = np.linalg.cholesky(allc)
+        linv = np.ascontiguousarray(np.linalg.inv(L))
+        logdet = 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum(1)
         a = alpha[b].astype(np.float64)
-        incore = core[b]
         prior = np.empty((n, K))
         prior[:, :nh] = (1.0 - a)[:, None] * hp
         for j, c in enumerate(tcls):
-            prior[:, nh + j] = a * tw[c]
-        if incore.any():  # enclosed by enhancement: only ET or NCR
+            prior[:, nh + j] = a * tw[c] * gates[c]
+        incore = core[b]
+        if incore.any():  # enclosed by enhancement: only ET or NCR, whatever their signature
             for j, c in enumerate(classes):
                 if c not in ("ET", "NCR"):
                     prior[incore, j] = 0.0
-            prior[incore] = np.where(prior[incore].sum(1, keepdims=True) > 0, prior[incore], 1.0)
-        logp = logL + np.log(np.maximum(prior, 1e-300))
-        if it > 0 and beta > 0:
-            Qmap = np.zeros((K,) + b.shape, np.float32)
-            Qmap[:, b] = Qv.T
-            F = _mrf_field(Qmap, b)
-            logp = logp + beta * F[:, b].T
-        logp[prior <= 0] = -np.inf
-        mx = logp.max(1, keepdims=True)
-        lse = mx[:, 0] + np.log(np.exp(logp - mx).sum(1))
-        Qv = np.exp(logp - lse[:, None])
+                elif c == "NCR":
+                    prior[incore, j] = a[incore] * tw[c]
+        inwt = core_wt[b]
+        if inwt.any():  # enclosed by tumor: tumor classes only (a dark core there is NCR)
+            prior[inwt, :nh] = 0.0
+            if "NCR" in tcls:
+                prior[inwt, classes.index("NCR")] = a[inwt] * tw["NCR"]
+        logprior = np.where(prior > 0, np.log(np.maximum(prior, 1e-30)), -1e4)
+        _unary(X, allm, linv, logdet, logprior, unary)
+        if it == 0:
+            mx = unary.max(1, keepdims=True)
+            q[:] = np.exp(unary - mx)
+            q /= q.sum(1, keepdims=True)
+        if beta > 0:
+            _mean_field(idxmap, unary, q, w_axes, float(beta), 1)
+        else:
+            mx = unary.max(1, keepdims=True)
+            q[:] = np.exp(unary - mx)
+            q /= q.sum(1, keepdims=True)
         # M-step: tumor parameters only
+        s0, mu, cv = _weighted_moments(X, q, np.arange(nh, K, dtype=np.int64))
         for j, c in enumerate(tcls):
-            wj = Qv[:, nh + j]
-            if wj.sum() * vv < 1.0:
-                continue
-            means[c], covs[c] = _moments(X, wj, reg)
-        sw = {c: float(Qv[:, nh + j][a > 0].sum()) for j, c in enumerate(tcls)}
-        tot = sum(sw.values())
+            if s0[j] * vv >= 1000.0 * 0.05:  # keep a class's last parameters below 0.05 mL
+                means[c] = mu[j]
+                covs[c] = cv[j] + reg * np.eye(d)
+        tot = float(s0.sum())
         if tot > 0:
-            tw = {c: max(v / tot, 1e-3) for c, v in sw.items()}
-        # latent tumor prior: smoothed tumor posterior, clipped, zero outside the reach
+            tw = {c: max(float(s0[j]) / tot, 1e-3) for j, c in enumerate(tcls)}
         qt = np.zeros(b.shape, np.float32)
-        qt[b] = Qv[:, nh:].sum(1)
+        qt[b] = q[:, nh:].sum(1)
         alpha = np.where(r, np.clip(_smooth_in(qt, b, alpha_smooth_mm, spacing), alpha_min, alpha_max), 0.0)
         alpha = alpha.astype(np.float32)
         history.append(round(float(qt.sum() * vv / 1000.0), 2))
-        # after each round: the core enclosed by enhancement
-        if "ET" in tcls and (it + 1) % iterations == 0 and it + 1 < total_iter:
-            lab = np.argmax(Qv, 1)
-            et = np.zeros(b.shape, bool)
-            et[b] = lab == classes.index("ET")
-            et = _remove_small(et, min_et_mm3, vv)
-            core = enclosed_core(et, b, spacing, close_mm, cap_mm) & r
-    # names checked by signature (the fit may have drifted)
-    rename = name_tumor_classes(means, mods, np.asarray(healthy["means"][2]))
+        if (it + 1) % iterations == 0 and it + 1 < iterations * rounds:
+            lab = np.argmax(q, 1)
+            tum = np.zeros(b.shape, bool)
+            tum[b] = lab >= nh
+            tum = _remove_small(tum, min_et_mm3, vv)
+            if "ET" in tcls:
+                et = np.zeros(b.shape, bool)
+                et[b] = lab == classes.index("ET")
+                et = _remove_small(et, min_et_mm3, vv)
+                core = enclosed_core(et, b, spacing, close_mm, cap_mm) & r
+            core_wt = enclosed_blobs(tum, b, spacing, close_mm, cap_mm, blob_mm) & r & ~core
+    rename = name_tumor_classes(means, mods, hmeans[2])
     if any(k != v for k, v in rename.items()):
         info["flags"].append(f"tumor classes renamed by signature after the fit: {rename}")
-        newc = list(classes)
-        for j, c in enumerate(classes):
-            if c in rename:
-                newc[j] = rename[c]
-        classes = newc
+        classes = [rename.get(c, c) for c in classes]
         means = {rename.get(k, k): v for k, v in means.items()}
     Q = np.zeros((K,) + b.shape, np.float32)
-    Q[:, b] = Qv.T
+    Q[:, b] = q.T
     info["tumor_ml_per_iteration"] = history
     info["core_ml"] = round(float(core.sum() * vv / 1000.0), 2)
+    info["enclosed_by_tumor_ml"] = round(float(core_wt.sum() * vv / 1000.0), 2)
     info["tumor_weights"] = {c: round(v, 3) for c, v in tw.items()}
     return TumorMixtureResult(
         classes, Q, box, {c: [round(float(x), 3) for x in v] for c, v in means.items()}, info
