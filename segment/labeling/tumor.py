@@ -471,7 +471,7 @@ def segment_tumor(
     healthy = fit_healthy(Xh, hmods, seed=seed)
     healthy["modalities"] = hmods
     info["healthy_means"] = {c: [round(float(x), 3) for x in healthy["means"][j]] for j, c in enumerate(HEALTHY)}
-    init, tcls, gate = _signature_init(f, m, reach, seeds, healthy, hmods)
+    init, tcls, gate = _signature_init(f, m, reach, seeds, healthy, hmods, cfg)
     hp = None
     if healthy_prior is not None:
         hp = np.asarray(healthy_prior, dtype=np.float32)[box]
@@ -550,7 +550,7 @@ def segment_tumor(
     return _finish(labels)
 
 
-def _signature_init(f, m, reach, seeds, healthy, mods):
+def _signature_init(f, m, reach, seeds, healthy, mods, cfg):
     """Voxels whose signature starts each tumor class, and the classes the modalities support."""
     H = healthy["means"]
     sd = np.sqrt(np.stack([np.diag(c) for c in healthy["covs"]]))
@@ -599,12 +599,12 @@ def _signature_init(f, m, reach, seeds, healthy, mods):
 
     if "flair" in j:
         jf = j["flair"]
-        gate["ED"] = _sig(f["flair"], H[GM_, jf] + 1.0 * sd[GM_, jf], 0.5 * sd[GM_, jf])
+        gate["ED"] = _sig(f["flair"], H[GM_, jf] + cfg.ed_gate_sd * sd[GM_, jf], 0.5 * sd[GM_, jf])
     if "t1c" in j:
         jc = j["t1c"]
         if "t1" in j:
-            gate["ET"] = _sig(e, float((he + 2.0 * hs)[GM_:].max()), 0.5 * float(hs[GM_:].min()))
+            gate["ET"] = _sig(e, float((he + cfg.et_gate_sd * hs)[GM_:].max()), 0.5 * float(hs[GM_:].min()))
         else:
-            gate["ET"] = _sig(f["t1c"], float((H[:, jc] + 2.0 * sd[:, jc])[GM_:].max()), 0.5 * float(sd[GM_:, jc].min()))
+            gate["ET"] = _sig(f["t1c"], float((H[:, jc] + cfg.et_gate_sd * sd[:, jc])[GM_:].max()), 0.5 * float(sd[GM_:, jc].min()))
         gate["NCR"] = _sig(-f["t1c"], -(H[GM_, jc] - 0.5 * sd[GM_, jc]), 0.5 * sd[GM_, jc])
     return init, [c for c in TUMOR_LABELS.values() if c in tcls], gate
