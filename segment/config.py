@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 from .types import MODALITIES
@@ -188,6 +188,10 @@ class TumorConfig(_Strict):
 class OutputConfig(_Strict):
     overlay: bool = True
     probabilities: bool = Field(False, description="also write float32 class probability maps")
+    bias_corrected: bool = Field(
+        False, description="also write each modality after N4 (<modality>_biascorr.nii.gz, float32, on the "
+        "reference grid), as FSL FAST -B; needs preprocess.bias_correction: true"
+    )
 
 
 class QCConfig(_Strict):
@@ -263,6 +267,13 @@ class Config(_Strict):
         "most of the brain, else tumor",
     )
 
+    @model_validator(mode="after")
+    def _bias_output_needs_n4(self) -> "Config":
+        if self.outputs.bias_corrected and not self.preprocess.bias_correction:
+            raise ValueError("outputs.bias_corrected: true needs preprocess.bias_correction: true "
+                             "(there is no corrected image without N4)")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
@@ -307,12 +318,40 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
         if not p.is_file():
             raise ConfigError(f"{p}: config file not found")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{p}: not a UTF-8 text file (byte {exc.start}); save the config as UTF-8 YAML") from None
+        except OSError as exc:
+            raise ConfigError(f"{p}: cannot read the config ({exc.strerror or exc})") from None
+        try:
+            data = yaml.load(text, Loader=_StrictLoader) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+            raise ConfigError(f"{p}: not valid YAML ({' '.join(str(exc).split())[:200]})") from None
     if overrides:
         data = _merge(data if isinstance(data, dict) else {}, overrides)
     return config_from_dict(data, source=source)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML would silently keep
+    the last one, so half of what the user wrote would be ignored)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:
+                continue
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (lines {seen[key]} and {line}); keep one",
+                    key_node.start_mark,
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

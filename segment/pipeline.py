@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +51,7 @@ class Segmentation:
     tumor_regions: list[str] = field(default_factory=list)
     info: dict[str, object] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    bias_corrected: dict[str, np.ndarray] | None = None  # N4-corrected images, with outputs.bias_corrected
 
 
 # --------------------------------------------------------------------------- steps
@@ -69,9 +71,12 @@ def brain_mask_step(loaded: LoadedCase, config: Config) -> tuple[np.ndarray, dic
     else:
         brain_only = is_brain_only(ref.data)
     if brain_only:
-        nonzero = np.zeros(ref.shape, dtype=bool)
-        for v in vols:
-            nonzero |= v != 0
+        # the reference image alone defines the brain: a series resampled from another grid
+        # has an interpolated rim (and its own field of view) that would enlarge the mask
+        nonzero = ref.data != 0
+        for m in loaded.modalities:
+            if m not in loaded.resampled:
+                nonzero |= loaded.images[m].data != 0
         mask = brain_mask_nonzero(nonzero.astype(np.float32), ref.spacing)
         method = "nonzero"
     else:
@@ -86,25 +91,34 @@ def brain_mask_step(loaded: LoadedCase, config: Config) -> tuple[np.ndarray, dic
     return mask.astype(bool), {"mask_method": method}
 
 
-def normalize_step(loaded: LoadedCase, mask: np.ndarray, config: Config) -> dict[str, np.ndarray]:
-    """Optional N4, then robust z-score inside the brain, for every modality."""
+def normalize_step(loaded: LoadedCase, mask: np.ndarray, config: Config,
+                   corrected: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Optional N4, then robust z-score inside the brain, for every modality; ``corrected``
+    (a dict), when given, receives each N4-corrected image."""
     from .preprocess.normalize import robust_zscore
 
     pp = config.preprocess
     out: dict[str, np.ndarray] = {}
     for m in loaded.modalities:
         data = loaded.images[m].data
+        # voxels outside a resampled series' field of view hold no measurement of it: its
+        # statistics come from the voxels it covers; the others are set to 0 here, kept out of
+        # the fit and labelled from the series that do cover them (see label_outside_fov)
+        m_mask = mask
+        fov = getattr(loaded, "fov", {}).get(m)
+        if fov is not None and np.count_nonzero(mask & fov) >= 0.05 * np.count_nonzero(mask):
+            m_mask = mask & fov
         if pp.bias_correction:
             from .preprocess.bias import n4_correct
 
             data = n4_correct(
-                data, mask, loaded.spacing, shrink=pp.n4.shrink,
+                data, m_mask, loaded.spacing, shrink=pp.n4.shrink,
                 iterations=pp.n4.iterations, convergence=pp.n4.convergence, method=pp.n4.method,
             )
-        # voxels outside the field of view of a resampled series are 0 there; they stay in
-        # the mask (the reference defines the brain) and take the clipped low value.
+            if corrected is not None:
+                corrected[m] = data
         out[m] = robust_zscore(
-            data, mask, lower_percentile=pp.lower_percentile, upper_percentile=pp.upper_percentile
+            data, m_mask, lower_percentile=pp.lower_percentile, upper_percentile=pp.upper_percentile
         )
     return out
 
@@ -243,8 +257,10 @@ def fit_tissue_mixture(
         if accepted:
             probs = pv.predict_fractions(predict_x)
         else:
-            log.info("partial-volume means drifted %s SD from the mixture's classes; using the plain mixture",
-                     info["partial_volume"]["drift_sd"])
+            msg = (f"partial-volume model fell back to the plain mixture (pure means drifted "
+                   f"{max(info['partial_volume']['drift_sd']):.1f} SD > {PV_MAX_DRIFT:g})")
+            log.warning(msg)
+            info.setdefault("flags", []).append(msg)
             probs = class_probabilities(gmm.predict_proba(predict_x), classes)
     else:
         probs = class_probabilities(gmm.predict_proba(predict_x), classes)
@@ -262,6 +278,60 @@ def fit_tissue_mixture(
         component_weights=np.round(gmm.weights_, 4).tolist(),
     )
     return labels, probs.astype(np.float32), info
+
+
+#: Voxels the mixture of the series covering a region outside another's field of view is fitted on.
+FOV_FIT_SAMPLES = 200_000
+
+
+def label_outside_fov(loaded: LoadedCase, healthy: np.ndarray, feats: dict[str, np.ndarray], mods: list[str],
+                      config: Config, fit_rows: np.ndarray, labels: np.ndarray, probs: np.ndarray) -> list[str]:
+    """Relabel, in place, brain voxels outside a resampled series' field of view from the series
+    that do cover them (a mixture fitted on those features alone), and return QC flags.
+
+    A series on another grid may cover only part of the reference's brain (a cropped or
+    shifted field of view); its value there is not a measurement, so the full mixture's label
+    would be noise. Rows of ``labels``/``probs`` are the ``healthy`` voxels.
+    """
+    fov = getattr(loaded, "fov", {}) or {}
+    partial = [m for m in mods if m in fov]
+    if not partial:
+        return []
+    cover = np.stack([fov[m][healthy] for m in partial], axis=1)
+    outside = ~cover.all(axis=1)
+    if not outside.any():
+        return []
+    vox_ml = loaded.grid.voxel_volume / 1000.0
+    flags = []
+    for pattern in np.unique(cover[outside], axis=0):
+        rows = outside & (cover == pattern).all(axis=1)
+        absent = [m for m, c in zip(partial, pattern) if not c]
+        sub = [m for m in mods if m not in absent]
+        ml = float(np.count_nonzero(rows)) * vox_ml
+        if not sub:
+            flags.append(f"{ml:.0f} mL of brain outside the field of view of {', '.join(absent)}: "
+                         "labelled without a measurement")
+            continue
+        # fitted on a seeded subset of the fit region (a few parameters), predicted on ``rows`` only
+        fit_idx = np.flatnonzero(fit_rows & ~rows)
+        if fit_idx.size > FOV_FIT_SAMPLES:
+            rng = np.random.default_rng(config.seed)
+            fit_idx = np.sort(rng.choice(fit_idx, size=FOV_FIT_SAMPLES, replace=False))
+        row_idx = np.flatnonzero(rows)
+        take = np.concatenate([fit_idx, row_idx])
+        X = np.stack([feats[m][healthy][take] for m in sub], axis=1).astype(np.float64)
+        in_fit = np.zeros(take.size, dtype=bool)
+        in_fit[: fit_idx.size] = True
+        # the plain mixture: a few edge voxels do not need the slower partial-volume EM
+        plain = config.model_copy(update={"mixture": config.mixture.model_copy(update={"partial_volume": False})})
+        sub_labels, sub_probs, _ = fit_tissue_mixture(X, sub, plain, fit_rows=in_fit)
+        labels[row_idx] = sub_labels[fit_idx.size:]
+        probs[row_idx] = sub_probs[fit_idx.size:]
+        log.info("%.0f mL of brain outside the field of view of %s: labelled from %s", ml, absent, sub)
+        if ml >= 0.02 * float(np.count_nonzero(healthy)) * vox_ml:  # a few mL at a series' edge is normal
+            flags.append(f"{ml:.0f} mL of brain outside the field of view of {', '.join(absent)}: "
+                         f"labelled from {', '.join(sub)} alone")
+    return flags
 
 
 def interp_rows(x: np.ndarray, grid: np.ndarray, table: np.ndarray) -> np.ndarray:
@@ -300,10 +370,30 @@ def _full_covariances(gmm) -> np.ndarray:
     return np.stack([np.eye(d) * c for c in cov])  # spherical
 
 
+class StepTimes(dict):
+    """Seconds per pipeline step; each entry is logged as it is recorded (``segment -v``)."""
+
+    def __init__(self, label: str):
+        super().__init__()
+        self.label = label
+
+    def __setitem__(self, step: str, seconds: float) -> None:
+        super().__setitem__(step, seconds)
+        log.info("%s: %s done in %.2f s", self.label, step, seconds)
+
+
+def _case_label(case: object) -> str:
+    if isinstance(case, LoadedCase):
+        return case.case.case_id
+    if isinstance(case, Case):
+        return case.case_id
+    return Path(str(case)).name
+
+
 def run_pipeline(case: Case | LoadedCase | str | os.PathLike, config: Config | None = None) -> Segmentation:
     """Run every step in memory (no files written) and return the RAS-grid result."""
     config = config or Config()
-    timings: dict[str, float] = {}
+    timings: dict[str, float] = StepTimes(_case_label(case))
     t = time.perf_counter()
     if isinstance(case, LoadedCase):
         loaded = case
@@ -316,11 +406,18 @@ def run_pipeline(case: Case | LoadedCase | str | os.PathLike, config: Config | N
     timings["load"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    mask, info = brain_mask_step(loaded, config)
+    try:
+        mask, info = brain_mask_step(loaded, config)
+    except InputError as exc:
+        ref_path = loaded.reference.path
+        if ref_path is not None and str(ref_path) not in str(exc) and ref_path.name not in str(exc):
+            raise InputError(f"{ref_path}: {exc}") from None  # every error names its file
+        raise
     timings["brain_mask"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    feats = normalize_step(loaded, mask, config)
+    corrected: dict[str, np.ndarray] | None = {} if config.outputs.bias_corrected else None
+    feats = normalize_step(loaded, mask, config, corrected)
     timings["normalize"] = time.perf_counter() - t
 
     tumor = None
@@ -347,22 +444,32 @@ def run_pipeline(case: Case | LoadedCase | str | os.PathLike, config: Config | N
     if not healthy.any():
         raise InputError(f"{loaded.case.root or loaded.case.case_id}: no healthy brain voxel left for the tissue model")
     t = time.perf_counter()
-    fit_region = healthy
+    fit_region = healthy.copy()  # (healthy may be the brain mask itself: never narrow it in place)
     if info["mask_method"] == "skullstrip":
         # an estimated mask's edge is uncertain (bits of skull, dura, scalp): keep it out of the fit
         fit_region = healthy & fit_core(mask, loaded.spacing, config.mixture.fit_margin_mm)
     if loaded.coverage is not None:
         fit_region &= loaded.coverage
+    fit_flags: list[str] = []
     if np.count_nonzero(fit_region) < max(1000, 0.05 * np.count_nonzero(healthy)):
+        if np.count_nonzero(fit_region) < np.count_nonzero(healthy):
+            fit_flags.append("tissue fit on the whole brain: the eroded core was too small")
+            log.warning("%s: %s", loaded.case.case_id, fit_flags[-1])
         fit_region = healthy  # a tiny or thin brain: use all of it
     X = np.stack([feats[m][healthy] for m in mods], axis=1).astype(np.float64)
     in_fit = fit_region[healthy]
     labels, probs, mix_info = fit_tissue_mixture(X, mods, config, fit_rows=in_fit)
+    fov_flags = label_outside_fov(loaded, healthy, feats, mods, config, in_fit, labels, probs)
+    if fov_flags:
+        info.setdefault("flags", []).extend(fov_flags)
     timings["mixture"] = time.perf_counter() - t
+    if fit_flags:
+        mix_info.setdefault("flags", []).extend(fit_flags)
     info.update(mixture=mix_info, features=mods)
 
     pp = config.postprocess
     fractions = probs
+    info["pve_sums"] = fractions.sum(axis=0, dtype=np.float64).tolist()  # for volumes.csv (PVE-based)
     if pp.mrf_beta > 0:
         from .labeling.mrf import mrf_smooth
 
@@ -388,7 +495,7 @@ def run_pipeline(case: Case | LoadedCase | str | os.PathLike, config: Config | N
         pve_maps = np.zeros_like(prob_maps)
         pve_maps[healthy] = fractions
     return Segmentation(
-        loaded, mask, tissue, feats, prob_maps, pve_maps, tumor, regions, info, timings
+        loaded, mask, tissue, feats, prob_maps, pve_maps, tumor, regions, info, timings, corrected or None
     )
 
 
@@ -447,6 +554,16 @@ def compute_metrics(seg: Segmentation, config: Config | None = None) -> dict[str
         metrics.update(evaluate_labels(seg.tissue, truth, TISSUE_LABELS, seg.loaded.spacing))
     if "tumor" in kinds and seg.tumor is not None and seg.tumor_regions:
         truth = tumor_truth(seg.loaded, kinds["tumor"])
+        if not truth.any():
+            # BraTS scores an empty prediction of an empty truth as Dice 1: true, but it says
+            # nothing when the truth file is empty by mistake; make it visible
+            path = seg.loaded.case.truth.get(kinds["tumor"])
+            msg = (f"ground truth {path.name if path is not None else kinds['tumor']} holds no tumor label "
+                   "(every voxel 0): tumor scores only say whether the prediction is empty too")
+            warnings.warn(msg, UserWarning, stacklevel=2)
+            flags = seg.info.setdefault("flags", [])
+            if msg not in flags:
+                flags.append(msg)
         metrics.update(evaluate_brats(seg.tumor, truth, seg.loaded.spacing, regions=seg.tumor_regions))
     return metrics
 
@@ -476,6 +593,10 @@ def write_outputs(seg: Segmentation, out_dir: Path, config: Config, metrics: dic
                 from_ras(seg.probabilities[..., c - 1], ref), ref.affine,
                 out_dir / f"prob_{name.lower()}.nii.gz", dtype=np.float32,
             )
+    for m, data in (seg.bias_corrected or {}).items():
+        outputs[f"biascorr_{m}"] = save_volume(
+            from_ras(data, ref), ref.affine, out_dir / f"{m}_biascorr.nii.gz", dtype=np.float32
+        )
     if seg.tumor is not None:
         from .metrics import to_coding
 
@@ -543,6 +664,8 @@ def write_overlay(seg: Segmentation, path: Path, config: Config) -> Path:
         truth=truth,
         label_names=OVERLAY_LABELS,
         title=title,
+        file_affine=seg.loaded.reference.affine,
+        source_name=seg.loaded.reference.path.name if seg.loaded.reference.path else "",
     )
 
 
@@ -576,12 +699,21 @@ def segment_case(
     t0 = time.perf_counter()
     if not isinstance(case, Case):
         case = find_case(case)
-    seg = run_pipeline(case, config)
-    metrics = compute_metrics(seg, config)
-    outputs: dict[str, Path] = {}
-    if out_dir is not None:
-        outputs = write_outputs(seg, Path(out_dir), config, metrics)
+    from .report.provenance import CaseLog, write_case_records
+
+    with CaseLog(label=case.case_id) as caselog:  # every log record and warning of this case, for segment.log / provenance
+        seg = run_pipeline(case, config)
+        metrics = compute_metrics(seg, config)
+        outputs: dict[str, Path] = {}
+        if out_dir is not None:
+            t = time.perf_counter()
+            outputs = write_outputs(seg, Path(out_dir), config, metrics)
+            seg.timings["write"] = time.perf_counter() - t
+            outputs.update(write_case_records(seg, Path(out_dir), config, caselog=caselog, metrics=metrics,
+                                              outputs=outputs, seconds=time.perf_counter() - t0))
+        case_warnings = list(dict.fromkeys([*seg.loaded.notes, *caselog.warnings]))
     info = dict(seg.info)
+    info["warnings"] = case_warnings  # every warning and fallback (recorded in provenance.json too)
     info["timings"] = {k: round(v, 3) for k, v in seg.timings.items()}
     info["brain_volume_ml"] = float(seg.brain_mask.sum() * seg.loaded.grid.voxel_volume / 1000.0)
     info["resampled"] = seg.loaded.resampled

@@ -6,6 +6,7 @@ with the process pool and shared by the tests; tests that change outputs work on
 from __future__ import annotations
 
 import csv
+import json
 import math
 import shutil
 from html.parser import HTMLParser
@@ -160,14 +161,20 @@ def test_rerun_skips_finished_and_redoes_interrupted(pool_run, cases_root, confi
     out = tmp_path / "out"
     shutil.copytree(first, out)
     before = {n: (out / n / "result.json").stat().st_mtime_ns for n in PHANTOMS}
-    # phantom_1 was killed mid-write: outputs partly there, no result.json
-    (out / "phantom_1" / "result.json").unlink()
+    # phantom_1 was made with another configuration and its tissue map was damaged afterwards
+    rec = json.loads((out / "phantom_1" / "result.json").read_text())
+    rec["config_digest"] = "another-config"
+    (out / "phantom_1" / "result.json").write_text(json.dumps(rec))
     (out / "phantom_1" / "tissue.nii.gz").write_bytes(b"\x1f\x8b partial")
     # phantom_2's overlay was damaged after the run: result.json no longer matches its outputs
     (out / "phantom_2" / "overlay.png").write_bytes(b"\x89PNG")
     # a staging folder left by a killed worker
     (out / ".staging-phantom_0-deadbeef").mkdir()
+    (out / ".staging-phantom_0-deadbeef" / ".segment-staging").touch()
     (out / ".staging-phantom_0-deadbeef" / "tissue.nii.gz").write_bytes(b"partial")
+    # a user's folder that merely looks like one (no marker): never removed
+    (out / ".staging-notes").mkdir()
+    (out / ".staging-notes" / "mine.txt").write_text("keep")
 
     rc = main(["batch", "--input", str(cases_root), "--out", str(out), "-c", str(config_file),
                "--workers", "1", "--no-progress"])
@@ -178,6 +185,7 @@ def test_rerun_skips_finished_and_redoes_interrupted(pool_run, cases_root, confi
         assert completed_row(out / n) is not None
     nib.load(str(out / "phantom_1" / "tissue.nii.gz")).get_fdata()  # a complete file again
     assert not (out / ".staging-phantom_0-deadbeef").exists()
+    assert (out / ".staging-notes" / "mine.txt").read_text() == "keep"
     log = (out / "run.log").read_text()
     assert "skipped 1 complete case(s): phantom_0" in log
     rows = read_csv(out / "report.csv")
@@ -206,7 +214,7 @@ def test_ctrl_c_writes_report_of_what_finished(pool_run, cases_root, tmp_path, m
             raise KeyboardInterrupt
         return real(case_dir, out_root, cfg, threads)
 
-    monkeypatch.setattr(batch_mod, "run_case", fake_run_case)
+    monkeypatch.setattr(batch_mod.running, "run_case", fake_run_case)
     rc = main(["batch", "--input", str(cases_root), "--out", str(out), "--workers", "1", "--no-progress"])
     assert rc == 130
     rows = {r["case_id"]: r for r in read_csv(out / "report.csv")}
@@ -275,7 +283,8 @@ def test_find_case_dirs_skips_hidden_and_output_folder(tmp_path):
         (tmp_path / d).mkdir()
     for d in ("a", "b", ".hidden", "out"):
         (tmp_path / d / "t1.nii.gz").write_bytes(b"x")
-    assert [d.name for d in find_case_dirs(tmp_path, exclude=[tmp_path / "out"])] == ["a", "b"]
+    # an empty folder is a case too: it gets a failed row with the reason, it does not vanish
+    assert [d.name for d in find_case_dirs(tmp_path, exclude=[tmp_path / "out"])] == ["a", "b", "empty"]
 
 
 def test_qc_flags():
@@ -400,7 +409,7 @@ def test_progress_plain_lines_off_a_terminal():
     import io
 
     stream = io.StringIO()
-    bar = batch_mod._Progress(2, None, stream)
+    bar = batch_mod.reports._Progress(2, None, stream)
     assert bar.bar is None  # no tqdm bar when the stream is not a terminal
     bar.step({"case_id": "a", "status": "ok"})
     bar.step({"case_id": "b", "status": "failed", "error": "t1.nii.gz: truncated"})
@@ -409,7 +418,7 @@ def test_progress_plain_lines_off_a_terminal():
     assert lines[0].startswith("[1/2] a: ok") and "eta" in lines[0]
     assert lines[1].startswith("[2/2] b: failed (t1.nii.gz: truncated)")
     quiet = io.StringIO()
-    batch_mod._Progress(1, False, quiet).step({"case_id": "a", "status": "ok"})
+    batch_mod.reports._Progress(1, False, quiet).step({"case_id": "a", "status": "ok"})
     assert quiet.getvalue() == ""
 
 

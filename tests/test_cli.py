@@ -158,7 +158,8 @@ def test_evaluate_prints_metrics(tmp_path, capsys):
     pred[2, 2:6, 2:6] = 0  # 16 of 64 CSF voxels missed -> Dice = 2*48/(48+64)
     save_volume(gt, np.eye(4), tmp_path / "gt.nii.gz", dtype=np.uint8)
     save_volume(pred, np.eye(4), tmp_path / "pred.nii.gz", dtype=np.uint8)
-    assert main(["evaluate", str(tmp_path / "pred.nii.gz"), str(tmp_path / "gt.nii.gz")]) == 0
+    # two classes on a tenth of the volume: auto would read it as a tumor map, so say tissue
+    assert main(["evaluate", str(tmp_path / "pred.nii.gz"), str(tmp_path / "gt.nii.gz"), "--kind", "tissue"]) == 0
     m = json.loads(capsys.readouterr().out)
     assert m["dice_CSF"] == pytest.approx(96 / 112)
     assert m["dice_GM"] == pytest.approx(1.0)

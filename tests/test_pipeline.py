@@ -50,7 +50,8 @@ def test_outputs_written_and_on_reference_grid(phantom_case, phantom_result):
     res, out = phantom_result
     names = sorted(p.name for p in out.iterdir())
     # four modalities: the tumor task runs too, and finds nothing in a healthy brain
-    assert names == ["brain_mask.nii.gz", "metrics.json", "overlay.png", "tissue.nii.gz", "tumor.nii.gz"]
+    assert names == ["brain_mask.nii.gz", "metrics.json", "overlay.png", "provenance.json", "segment.log",
+                     "tissue.nii.gz", "tumor.nii.gz", "volumes.csv"]
     tumor = np.asarray(nib.load(str(out / "tumor.nii.gz")).dataobj)
     assert tumor.sum() == 0
     ref = nib.load(str(case / "t1.nii.gz"))

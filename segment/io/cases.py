@@ -24,6 +24,7 @@ from .nifti import (
     same_grid,
     strip_nifti_suffix,
 )
+from .formats import is_dicom_folder, is_image_name, strip_image_suffix
 from .register import apply_rigid
 
 #: Tokens that name each modality.
@@ -45,8 +46,8 @@ _SPLIT = re.compile(r"[-_.\s]+")
 
 
 def tokens(name: str) -> list[str]:
-    """Lower-case tokens of a file name without its NIfTI suffix."""
-    return [t for t in _SPLIT.split(strip_nifti_suffix(name).lower()) if t]
+    """Lower-case tokens of a file name without its image suffix (.nii.gz, .mha, .nrrd, .mgz...)."""
+    return [t for t in _SPLIT.split(strip_image_suffix(name).lower()) if t]
 
 
 def classify_file(name: str) -> tuple[str, str] | None:
@@ -101,8 +102,9 @@ def msd_case(image: Path, label: Path | None = None) -> Case:
 def find_case(case_dir: str | os.PathLike) -> Case:
     """Find the modality and ground-truth files of one case.
 
-    ``case_dir`` is a folder of NIfTI files named by modality (BraTS 2023, BraTS 2021, plain
-    names), or a folder holding a single four-channel 4-D image (MSD Task01 order FLAIR, T1w,
+    ``case_dir`` is a folder of images named by modality (BraTS 2023, BraTS 2021, plain
+    names; NIfTI, MetaImage, NRRD, MGH files or DICOM series sub-folders), a BIDS ``anat`` folder
+    (modality from the suffix and ``ce-``, see :mod:`segment.io.bids`; case ``sub-01[_ses-1]``), or a folder holding a single four-channel 4-D image (MSD Task01 order FLAIR, T1w,
     T1gd, T2w) with an optional label file, or an MSD image file itself (``imagesTr/X.nii.gz``,
     its labels taken from ``labelsTr/X.nii.gz``).
 
@@ -118,13 +120,28 @@ def find_case(case_dir: str | os.PathLike) -> Case:
         if is_nifti_name(root.name) and _n_channels(root) == len(MSD_CHANNELS):
             return msd_case(root)
         raise InputError(f"{root}: is a file, expected a folder holding one case's NIfTI files")
+    from .bids import anat_case
+
+    bids = anat_case(root)  # BIDS names (sub-01_ce-gd_T1w...): modality from suffix and entities
+    if bids is not None:
+        return bids
     images: dict[str, Path] = {}
     truth: dict[str, Path] = {}
     others: list[str] = []
-    for p in sorted(root.iterdir()):
-        if p.name.startswith(".") or not p.is_file():
+    entries = sorted(root.iterdir())
+    for p in entries:
+        if p.name.startswith("."):
             continue
-        if not is_nifti_name(p.name):
+        if p.is_dir() and not is_image_name(p.name) and is_dicom_folder(p):
+            pass  # a DICOM series folder named by modality (t1/, flair/ ...)
+        elif not p.is_file():
+            # a name that claims an image but is a folder or a dangling link: never drop it silently
+            if is_image_name(p.name) and classify_file(p.name) is not None:
+                what = "a broken symbolic link" if p.is_symlink() and not p.exists() else (
+                    "a folder" if p.is_dir() else "not a regular file")
+                raise InputError(f"{p}: is {what}, expected an image file; fix or remove it")
+            continue
+        elif not is_image_name(p.name):
             others.append(p.name)
             continue
         kind = classify_file(p.name)
@@ -148,10 +165,18 @@ def find_case(case_dir: str | os.PathLike) -> Case:
         if len(four_d) == 1:
             label = truth.get("seg") or truth.get("tumor")
             return replace(msd_case(four_d[0], label), case_id=root.name, root=root)
-        hint = f" (found non-NIfTI files: {', '.join(others[:4])})" if others else ""
+        visible = [p for p in entries if not p.name.startswith(".")]
+        if not visible:
+            raise InputError(f"{root}: case folder is empty")
+        subdirs = [p.name for p in visible if p.is_dir()]
+        hint = f" (found files of no image format: {', '.join(others[:4])})" if others else ""
+        if subdirs and not others:
+            hint = (f" (it holds folders: {', '.join(subdirs[:4])}; is it a folder of cases? "
+                    "point --input or the case path at them)")
         raise InputError(
-            f"{root}: no image found; expected NIfTI files named by modality "
-            f"(t1/t1n, t1c/t1ce, t2/t2w, flair/t2f){hint}"
+            f"{root}: no image found; expected images (.nii/.nii.gz/.mha/.mhd/.nrrd/.mgz, or DICOM "
+            f"series folders) named by modality (t1/t1n, t1c/t1ce, t2/t2w, flair/t2f), or BIDS names "
+            f"(sub-01_T1w, sub-01_ce-gd_T1w, sub-01_T2w, sub-01_FLAIR){hint}"
         )
     return Case(case_id=root.name, images=images, truth=truth, root=root)
 
@@ -177,6 +202,9 @@ class LoadedCase:
     #: Rigid world-space (RAS mm) transforms applied to series before resampling, by modality
     #: (``new_affine = matrix @ affine``); series absent here kept their physical alignment.
     registered: dict[str, np.ndarray] = field(default_factory=dict)
+    #: Field of view of each resampled series on the reference grid (True inside): voxels
+    #: outside it hold no measurement of that series (series absent here cover every voxel).
+    fov: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def grid(self) -> Volume:
@@ -247,6 +275,7 @@ def load_case(
     notes: list[str] = []
     registered: dict[str, np.ndarray] = {}
     coverage: np.ndarray | None = None
+    fov: dict[str, np.ndarray] = {}
     ref_preprocessed = _zero_background(ref_ras.data)
     for m in wanted:
         vol = raw[m]
@@ -271,6 +300,8 @@ def load_case(
             images[m] = resample_to(vol, ref_ras, order=1)
             resampled.append(m)
             inside = resample_to(vol.with_data(np.ones(vol.shape, np.float32)), ref_ras, order=1).data > 0.999
+            if not inside.all():
+                fov[m] = inside
             coverage = inside if coverage is None else coverage & inside
     truth: dict[str, Volume] = {}
     for kind, path in case.truth.items():
@@ -286,7 +317,7 @@ def load_case(
         truth[kind] = reorient_to_ras(t)
     return LoadedCase(
         case=case, reference=reference, images=images, truth=truth, resampled=resampled,
-        coverage=coverage, notes=notes, registered=registered,
+        coverage=coverage, notes=notes, registered=registered, fov=fov,
     )
 
 

@@ -7,8 +7,11 @@ written under a temporary name in the target folder and renamed into place.
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
+import logging
 import os
+import warnings
 import zlib
 from pathlib import Path
 
@@ -46,12 +49,13 @@ def load_volume(
     check_finite: bool = True,
     allow_empty: bool = False,
 ) -> Volume:
-    """Read a 3-D NIfTI image as a :class:`~segment.types.Volume`.
+    """Read a 3-D image as a :class:`~segment.types.Volume`.
 
     Parameters
     ----------
     path : path-like
-        A ``.nii`` or ``.nii.gz`` file.
+        A ``.nii`` or ``.nii.gz`` file; ``.mha``/``.mhd``, ``.nrrd``/``.nhdr``, ``.mgz``/``.mgh``
+        files and DICOM series folders are read by :func:`segment.io.formats.load_image`.
     channel : int, optional
         For a 4-D file, the index along the 4th axis to read (MSD layout). Without it a 4-D
         image with more than one volume is an error.
@@ -76,18 +80,28 @@ def load_volume(
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: file not found")
+    if not is_nifti_name(p):
+        from .formats import is_dicom_folder, is_image_name, load_image
+
+        if (p.is_dir() and is_dicom_folder(p)) or (p.is_file() and (is_image_name(p) or p.suffix.lower() == ".dcm")):
+            return load_image(p, channel=channel, dtype=dtype, check_finite=check_finite, allow_empty=allow_empty)
     if p.is_dir():
-        raise InputError(f"{p}: is a folder, expected a NIfTI file (.nii or .nii.gz)")
+        raise InputError(
+            f"{p}: is a folder, expected an image file (.nii, .nii.gz, .mha, .mhd, .nrrd, .mgz) "
+            "or a folder holding one DICOM series"
+        )
     if p.stat().st_size == 0:
         raise InputError(f"{p}: file is empty (0 bytes)")
     try:
-        img = nib.load(str(p))
+        with _nibabel_messages(p):
+            img = nib.load(str(p))
     except Exception as exc:  # nibabel raises several types for a bad header
         raise InputError(
             f"{p}: not a readable NIfTI image ({_short(exc)}); expected a .nii or .nii.gz file"
         ) from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputError(f"{p}: is a {type(img).__name__}, expected a NIfTI image (.nii/.nii.gz)")
+    check_header(img, p)
     shape = img.shape
     if len(shape) == 4 and channel is None and shape[3] == 1:
         channel = 0
@@ -118,12 +132,117 @@ def load_volume(
     if not allow_empty and (data.size == 0 or not np.any(data != data.flat[0])):
         raise InputError(f"{p}: image is empty (every voxel is {float(data.flat[0]) if data.size else 'absent'})")
     if np.dtype(dtype).kind in "iu":
-        data = np.rint(data)
+        rounded = np.rint(data)
+        off = np.abs(data - rounded) > 1e-3
+        if off.any():
+            bad = np.unique(data[off])
+            shown = ", ".join(f"{v:g}" for v in bad[:5]) + (" ..." if bad.size > 5 else "")
+            raise InputError(
+                f"{p}: label map holds non-integer values ({shown}; {int(off.sum())} voxels); "
+                "labels must be whole numbers (was it resampled with linear interpolation?)"
+            )
+        data = rounded
     data = np.ascontiguousarray(data.astype(dtype, copy=False))
     affine = img.affine
     if affine is None or not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise InputError(f"{p}: header has an invalid (singular or missing) affine")
     return Volume(data, np.asarray(affine, dtype=np.float64), p)
+
+
+#: Plausible voxel sizes in millimetres (a header outside this is broken, not a scan).
+VOXEL_MM_RANGE = (1e-3, 50.0)
+#: gzip cannot compress better than about 1032:1; a header claiming more data than that is corrupt.
+_GZIP_MAX_RATIO = 1100
+
+
+def check_header(img, path: Path) -> None:
+    """Refuse a header that cannot describe a usable scan, before any voxel is read.
+
+    The size the header claims is checked against the file (so a corrupt header claiming
+    10000^3 voxels fails here instead of allocating terabytes), then the voxel type (RGB and
+    other structured types), the voxel sizes (0, negative or absurd) and a missing
+    orientation without voxel sizes.
+    """
+    hdr = img.header
+    dt = hdr.get_data_dtype()
+    if dt.fields is not None or dt.kind == "V":
+        raise InputError(
+            f"{path}: voxels are {'RGB colour' if dt.itemsize in (3, 4) else 'structured'} values "
+            f"(NIfTI type {hdr['datatype']}), expected one grey value per voxel; convert it to greyscale"
+        )
+    if dt.kind == "c":
+        raise InputError(f"{path}: voxels are complex numbers, expected real grey values (use the magnitude image)")
+    shape = tuple(int(s) for s in img.shape)
+    n_vox = 1
+    for s_ in shape:
+        n_vox *= max(s_, 0)
+    claimed = n_vox * dt.itemsize
+    size = path.stat().st_size
+    offset = int(hdr.get("vox_offset", 0) or 0) if hasattr(hdr, "get") else 0
+    gz = path.name.lower().endswith(".gz")
+    if (not gz and claimed + offset > size) or (gz and claimed > _GZIP_MAX_RATIO * size + 1_000_000):
+        raise InputError(
+            f"{path}: header claims {'x'.join(map(str, shape))} voxels ({claimed / 1e6:.0f} MB) but the file "
+            f"holds {size / 1e6:.1f} MB; the file is truncated or its header is corrupt"
+        )
+    raw = _raw_header(img, path)  # nibabel "fixes" pixdim 0 to 1 on load: judge the file's own values
+    codes = (int(raw["qform_code"]), int(raw["sform_code"]))
+    zooms = np.asarray(raw["pixdim"][1:4], dtype=np.float64)
+    if codes == (0, 0) and (not np.isfinite(zooms).all() or (zooms[: min(3, len(shape))] <= 0).any()):
+        raise InputError(
+            f"{path}: header has no orientation (qform and sform codes 0) and voxel sizes "
+            f"{tuple(float(z) for z in zooms)}; fix the header (e.g. copy it from the scan's other series)"
+        )
+    try:
+        affine = img.affine
+    except Exception:  # pragma: no cover - nibabel refuses the header's transform
+        affine = None
+    if affine is not None and np.isfinite(affine).all():
+        spacing = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+        lo, hi = VOXEL_MM_RANGE
+        if ((spacing < lo) | (spacing > hi)).any():
+            raise InputError(
+                f"{path}: voxel size {tuple(round(float(v), 6) for v in spacing)} mm is implausible "
+                f"(outside {lo:g}-{hi:g} mm); check the header's pixdim / sform"
+            )
+
+
+def _raw_header(img, path: Path):
+    """The header as stored in the file, without nibabel's automatic fixes."""
+    from nibabel.openers import ImageOpener
+
+    try:
+        with ImageOpener(str(path)) as fh:
+            return type(img.header).from_fileobj(fh, check=False)
+    except Exception:  # pragma: no cover - it was just read once
+        return img.header
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING:
+            self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _nibabel_messages(path: Path):
+    """Header problems nibabel logs (and prints, then prints again through the root logger)
+    while reading ``path``: caught, and re-issued once as warnings that name the file."""
+    logger = logging.getLogger("nibabel.global")
+    saved = (logger.handlers[:], logger.propagate)
+    collect = _Collect()
+    logger.handlers[:] = [collect]
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.handlers[:], logger.propagate = saved
+        for msg in dict.fromkeys(collect.messages):
+            warnings.warn(f"{path}: {msg}", UserWarning, stacklevel=4)
 
 
 def _short(exc: BaseException) -> str:

@@ -7,8 +7,11 @@ exactly on their unique values and counts (see :func:`unique_with_counts`).
 """
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
+import sys
+import time
 import warnings
 
 import numpy as np
@@ -17,7 +20,7 @@ from segment.errors import ConvergenceWarning, SegmentError
 from segment.mixture import _kernels as K_
 from segment.mixture._threads import run_parallel
 
-__all__ = ["GaussianMixture", "unique_with_counts", "FitError"]
+__all__ = ["GaussianMixture", "unique_with_counts", "FitError", "NotFittedError"]
 
 _COV_TYPES = ("full", "tied", "diag", "spherical")
 _INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
@@ -52,6 +55,32 @@ _CONSTS = {np.dtype(np.float64): _kernel_constants(np.float64),
 
 class FitError(SegmentError, ValueError):
     """A mixture cannot be fitted to the data as given (ill-defined covariance, bad values)."""
+
+
+class NotFittedError(SegmentError, ValueError, AttributeError):
+    """A method that needs a fitted model was called before :meth:`GaussianMixture.fit`.
+
+    Derives from ``ValueError`` and ``AttributeError`` as scikit-learn's ``NotFittedError``
+    does; when scikit-learn is imported, the error raised is also an instance of
+    ``sklearn.exceptions.NotFittedError`` (see :func:`_not_fitted_class`), so code written
+    for scikit-learn catches it. scikit-learn is not imported here: it takes seconds.
+    """
+
+
+_NOT_FITTED_CLASSES: dict[type, type] = {}
+
+
+def _not_fitted_class() -> type:
+    """:class:`NotFittedError`, combined with scikit-learn's when scikit-learn is loaded."""
+    sk = sys.modules.get("sklearn.exceptions")
+    base = getattr(sk, "NotFittedError", None) if sk is not None else None
+    if base is None:
+        return NotFittedError
+    cls = _NOT_FITTED_CLASSES.get(base)
+    if cls is None:
+        cls = type("NotFittedError", (NotFittedError, base), {"__module__": __name__})
+        _NOT_FITTED_CLASSES[base] = cls
+    return cls
 
 
 _ILL_MSG = (
@@ -152,7 +181,10 @@ class GaussianMixture:
     dtype : {numpy.float64, numpy.float32}, default=numpy.float64
         Precision of the E-step arithmetic. Fitted attributes are always float64.
     verbose : int, default=0
-        Print the change of lower bound at each iteration when > 0.
+        As scikit-learn: 1 prints each initialisation and whether it converged, 2 also prints
+        the time and the change of lower bound every ``verbose_interval`` iterations.
+    verbose_interval : int, default=10
+        Iterations between two lines printed with ``verbose >= 2``.
 
     Attributes
     ----------
@@ -197,6 +229,7 @@ class GaussianMixture:
         warm_start=False,
         dtype=np.float64,
         verbose=0,
+        verbose_interval=10,
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -212,24 +245,65 @@ class GaussianMixture:
         self.warm_start = warm_start
         self.dtype = dtype
         self.verbose = verbose
+        self.verbose_interval = verbose_interval
 
     # ------------------------------------------------------------------ parameters / input
+    @classmethod
+    def _get_param_names(cls):
+        """Names of the constructor's arguments, sorted (as scikit-learn's BaseEstimator)."""
+        init = cls.__init__
+        sig = inspect.signature(init)
+        names = []
+        for p in sig.parameters.values():
+            if p.name == "self":
+                continue
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                raise RuntimeError(f"{cls.__name__}.__init__ must not take *args or **kwargs")
+            names.append(p.name)
+        return sorted(names)
+
     def get_params(self, deep=True):
-        """Constructor arguments as a dict (scikit-learn convention)."""
-        names = (
-            "n_components covariance_type tol reg_covar max_iter n_init init_params "
-            "weights_init means_init precisions_init random_state warm_start dtype verbose"
-        ).split()
-        return {n: getattr(self, n) for n in names}
+        """Constructor arguments as a dict (scikit-learn convention).
+
+        Parameters
+        ----------
+        deep : bool, default=True
+            Unused: no parameter is itself an estimator.
+
+        Returns
+        -------
+        params : dict
+        """
+        return {n: getattr(self, n) for n in self._get_param_names()}
 
     def set_params(self, **params):
-        """Set constructor arguments (scikit-learn convention)."""
-        valid = self.get_params()
+        """Set constructor arguments (scikit-learn convention); returns ``self``."""
+        valid = self._get_param_names()
         for k, v in params.items():
             if k not in valid:
-                raise ValueError(f"invalid parameter {k!r} for GaussianMixture")
+                raise ValueError(
+                    f"Invalid parameter {k!r} for estimator {type(self).__name__}. "
+                    f"Valid parameters are: {valid!r}."
+                )
             setattr(self, k, v)
         return self
+
+    def __sklearn_tags__(self):
+        """Estimator tags for scikit-learn (>= 1.6): a density estimator on dense 2-D data.
+
+        Called only by scikit-learn, so importing it here costs nothing to other users.
+        """
+        from sklearn.utils import InputTags, Tags, TargetTags
+
+        return Tags(
+            estimator_type="density_estimator",
+            target_tags=TargetTags(required=False),
+            input_tags=InputTags(two_d_array=True, sparse=False, allow_nan=False),
+            requires_fit=True,
+        )
+
+    def __sklearn_is_fitted__(self):
+        return hasattr(self, "means_") and hasattr(self, "precisions_cholesky_")
 
     def __repr__(self):
         defaults = GaussianMixture().get_params()
@@ -266,6 +340,10 @@ class GaussianMixture:
             raise ValueError(f"max_iter must be an integer >= 0, got {self.max_iter!r}")
         if not isinstance(self.n_init, numbers.Integral) or self.n_init < 1:
             raise ValueError(f"n_init must be an integer >= 1, got {self.n_init!r}")
+        if not isinstance(self.verbose, numbers.Integral) or self.verbose < 0:
+            raise ValueError(f"verbose must be an integer >= 0, got {self.verbose!r}")
+        if not isinstance(self.verbose_interval, numbers.Integral) or self.verbose_interval < 1:
+            raise ValueError(f"verbose_interval must be an integer >= 1, got {self.verbose_interval!r}")
         self._work_dtype()
         K, d = self.n_components, n_features
         if self.weights_init is not None:
@@ -307,7 +385,16 @@ class GaussianMixture:
 
     def _validate_X(self, X, reset):
         dt = self._work_dtype()
+        if hasattr(X, "toarray") or type(X).__module__.startswith("scipy.sparse"):
+            raise TypeError(
+                f"{type(self).__name__} does not accept sparse input (got {type(X).__name__}); "
+                "pass a dense array, e.g. X.toarray()"
+            )
         X = np.asarray(X)
+        if X.dtype.kind == "c":
+            raise ValueError("Complex data not supported; pass real-valued X")
+        if X.dtype.kind == "O":
+            X = X.astype(np.float64)  # objects that are not numbers raise TypeError / ValueError
         if X.dtype.kind not in "fiub":
             raise ValueError(f"X must be numeric, got dtype {X.dtype}")
         if X.ndim == 1 and not reset and getattr(self, "n_features_in_", None) == 1:
@@ -315,10 +402,16 @@ class GaussianMixture:
         if X.ndim != 2:
             raise ValueError(
                 f"X must be 2-D of shape (n_samples, n_features), got shape {X.shape}; "
-                "reshape 1-D data with X[:, None]"
+                "Reshape your data with X[:, None] (one feature) or X[None, :] (one sample)"
             )
-        if X.shape[0] < 1 or X.shape[1] < 1:
-            raise ValueError(f"X must be non-empty, got shape {X.shape}")
+        if X.shape[0] < 1:
+            raise ValueError(
+                f"Found array with 0 sample(s) (shape={X.shape}) while a minimum of 1 is required."
+            )
+        if X.shape[1] < 1:
+            raise ValueError(
+                f"Found array with 0 feature(s) (shape={X.shape}) while a minimum of 1 is required."
+            )
         X = np.asarray(X, dtype=dt)
         if not np.isfinite(X).all():
             bad = ~np.isfinite(X)
@@ -326,13 +419,16 @@ class GaussianMixture:
             n_inf = int(bad.sum()) - n_nan
             r, c = np.argwhere(bad)[0]
             raise ValueError(
-                f"X contains {n_nan} NaN and {n_inf} infinite values (first at row {r}, "
+                f"Input X contains {n_nan} NaN and {n_inf} infinite (inf) values (first at row {r}, "
                 f"column {c}); remove or impute them before fitting"
             )
         if not reset:
             d = self.means_.shape[1]
             if X.shape[1] != d:
-                raise ValueError(f"X has {X.shape[1]} features, but the model was fitted on {d}")
+                raise ValueError(
+                    f"X has {X.shape[1]} features, but {type(self).__name__} is expecting {d} "
+                    "features as input."
+                )
         return X
 
     @staticmethod
@@ -349,7 +445,7 @@ class GaussianMixture:
         if np.any(w < 0):
             raise ValueError("sample_weight must be non-negative")
         if not w.sum() > 0:
-            raise ValueError("sample_weight must have a positive sum")
+            raise ValueError("sample_weight is all zero; the weights must have a positive sum")
         return w
 
     # ------------------------------------------------------------------ internal forms
@@ -618,6 +714,7 @@ class GaussianMixture:
         for init in range(n_init):
             if self.verbose:
                 print(f"Initialization {init}")
+                t_init = t_last = time.perf_counter()
             if do_init:
                 self._initialize_parameters(X, Xt, w, rs)
             lower_bound = -np.inf if do_init else self.lower_bound_
@@ -636,11 +733,18 @@ class GaussianMixture:
                 reseeded = self._m_step(tot, m0, wsum)
                 lbs.append(lower_bound)
                 change = lower_bound - prev
-                if self.verbose:
-                    print(f"  Iteration {n_iter}\t lower bound {lower_bound:.8f}\t change {change:.3e}")
+                if self.verbose >= 2 and n_iter % self.verbose_interval == 0:
+                    now = time.perf_counter()
+                    print(f"  Iteration {n_iter}\t time lapse {now - t_last:.5f}s\t ll change {change:.5f}")
+                    t_last = now
                 if abs(change) < self.tol and not reseeded:
                     converged = True
                     break
+            if self.verbose == 1:
+                print(f"Initialization {'converged' if converged else 'did not converge'}.")
+            elif self.verbose >= 2:
+                print(f"Initialization {'converged' if converged else 'did not converge'}. "
+                      f"time lapse {time.perf_counter() - t_init:.5f}s\t lower bound {lower_bound:.5f}.")
             if lower_bound > max_lower_bound or max_lower_bound == -np.inf:
                 max_lower_bound = lower_bound
                 best_params = self._get_parameters()
@@ -676,9 +780,10 @@ class GaussianMixture:
 
     # ------------------------------------------------------------------ inference
     def _check_fitted(self):
-        if not hasattr(self, "means_") or not hasattr(self, "precisions_cholesky_"):
-            raise AttributeError(
-                "This GaussianMixture instance is not fitted yet; call fit(X) first"
+        if not self.__sklearn_is_fitted__():
+            raise _not_fitted_class()(
+                f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
+                "appropriate arguments before using this estimator."
             )
 
     def _score(self, Xt, resp=False, lpn=False, labels=False):

@@ -9,7 +9,8 @@ Anterior, axis 2 towards Superior). Panels follow the radiological convention us
 viewers: axial viewed from the feet with anterior up and the patient's right on the left of the
 screen; coronal viewed from the front with superior up and the patient's right on the left;
 sagittal with superior up and anterior on the left. Each panel is labelled with orientation letters
-and drawn in millimetres, so anisotropic voxels keep their true aspect.
+and drawn in millimetres, so anisotropic voxels keep their true aspect; its slice number is the
+input file's voxel index (``file_affine``), the number FSLeyes or ITK-SNAP shows, not the RAS array's.
 """
 from __future__ import annotations
 
@@ -18,13 +19,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib import patheffects
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
+from matplotlib.legend_handler import HandlerTuple
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-__all__ = ["overlay_figure", "default_label_colors", "choose_slices", "DEFAULT_COLORS", "TUMOR_NAMES"]
+__all__ = ["overlay_figure", "default_label_colors", "choose_slices", "file_indices", "DEFAULT_COLORS",
+           "TUMOR_NAMES"]
 
 #: Default colours by (case-insensitive) label name: tissue readable on a grey image, tumor as in
 #: BraTS figures (necrosis red, edema yellow-green, enhancing cyan).
@@ -46,6 +50,7 @@ TUMOR_NAMES = frozenset({"tumor", "ncr", "net", "ncr/net", "ed", "edema", "et", 
 _FALLBACK = ("#e377c2", "#ff7f0e", "#9467bd", "#8c564b", "#17becf", "#bcbd22", "#d62728", "#1f77b4")
 
 _FILL_ALPHA = 0.45
+_LINE = 1.0
 _BG = "black"
 _FG = "white"
 
@@ -83,14 +88,38 @@ def _label_counts(lab: np.ndarray, values: Sequence[int]) -> list[int]:
     return [int(np.count_nonzero(lab == v)) for v in values]
 
 
+#: A class counts as shown in a slice when the slice holds at least this fraction of the
+#: class's voxels in its best slice along that axis.
+_SHOWN = 0.1
+
+
+def _best_slice(lab: np.ndarray, values: Sequence[int], axis: int, centre: int) -> int:
+    """The slice along ``axis`` showing the most of ``values`` (each class counted when the
+    slice holds >= 10 % of its peak slice), nearest to ``centre`` among equals."""
+    other = tuple(a for a in range(lab.ndim) if a != axis)
+    score = np.zeros(lab.shape[axis])
+    for v in values:
+        per = np.count_nonzero(lab == v, axis=other).astype(np.float64)
+        if per.max() > 0:
+            score += per >= _SHOWN * per.max()
+    if not score.any():
+        return centre
+    best = np.flatnonzero(score == score.max())
+    return int(best[np.argmin(np.abs(best - centre))])
+
+
 def choose_slices(labels: np.ndarray, label_names: Mapping[int, str] | None = None,
                   image: np.ndarray | None = None,
                   truth: np.ndarray | None = None) -> tuple[int, int, int]:
-    """Voxel indices ``(i, j, k)`` of the sagittal, coronal and axial slices to show.
+    """Voxel indices ``(i, j, k)`` (RAS array) of the sagittal, coronal and axial slices to show.
 
-    The centre of mass of, in order of preference: the largest tumor class present in ``labels``
-    (names in :data:`TUMOR_NAMES`); the same in ``truth``; all non-zero ``labels``; all non-zero
-    ``truth``; the non-zero ``image``; else the centre of the volume.
+    With a tumor (names in :data:`TUMOR_NAMES`) in ``labels``, else in ``truth``: the slices
+    through the whole tumor's centre of mass, each moved to the nearest slice that shows every
+    tumor class present (so the axial panel does not miss a small enhancing rim). Without one:
+    the centre of mass of the non-zero ``labels`` (else ``truth``, else the non-zero ``image``,
+    else the volume's centre) for the coronal and axial slices, and for the sagittal one the
+    centre of mass of the hemisphere on the low side of axis 0 (the patient's left in RAS), so
+    it does not show the midline.
 
     Parameters
     ----------
@@ -103,9 +132,10 @@ def choose_slices(labels: np.ndarray, label_names: Mapping[int, str] | None = No
     for lab in (labels, truth):
         if lab is None or not tumor_values:
             continue
-        n, v = max(zip(_label_counts(lab, tumor_values), tumor_values))
-        if n > 0:
-            return _com(lab == v)  # type: ignore[return-value]
+        present = [v for v, n in zip(tumor_values, _label_counts(lab, tumor_values)) if n > 0]
+        if present:
+            c = _com(np.isin(lab, present))
+            return tuple(_best_slice(lab, present, axis, c[axis]) for axis in range(3))  # type: ignore
     for mask in (
         labels > 0,
         None if truth is None else truth > 0,
@@ -114,8 +144,30 @@ def choose_slices(labels: np.ndarray, label_names: Mapping[int, str] | None = No
         if mask is not None:
             c = _com(mask)
             if c is not None:
-                return c
+                half = mask.copy()
+                half[c[0]:] = False
+                side = _com(half)
+                i = side[0] if side is not None else c[0]
+                return (i, c[1], c[2])
     return tuple(s // 2 for s in labels.shape)  # type: ignore[return-value]
+
+
+def file_indices(ijk: Sequence[int], shape: Sequence[int], file_affine: np.ndarray | None):
+    """Map RAS-array voxel indices ``(i, j, k)`` to the input file's own voxel indices.
+
+    Returns, for each RAS axis, ``(file axis, index in the file)``: the numbers a viewer such as
+    FSLeyes or ITK-SNAP shows for that slice. Without ``file_affine`` the file is the RAS array.
+    """
+    if file_affine is None:
+        return [(a, int(v)) for a, v in enumerate(ijk)]
+    from nibabel.orientations import io_orientation
+
+    ornt = io_orientation(np.asarray(file_affine, dtype=np.float64))
+    out = []
+    for a, v in enumerate(ijk):
+        f = int(np.flatnonzero(ornt[:, 0] == a)[0])
+        out.append((f, int(v) if ornt[f, 1] > 0 else int(shape[a]) - 1 - int(v)))
+    return out
 
 
 def _window(image: np.ndarray) -> tuple[float, float]:
@@ -156,12 +208,12 @@ def _to_screen(a2: np.ndarray, flip_h: bool) -> np.ndarray:
     return out[:, ::-1] if flip_h else out
 
 
-def _atomic_savefig(fig: Figure, path: Path, dpi: int) -> None:
+def _atomic_savefig(fig: Figure, path: Path, dpi: int, metadata: Mapping[str, str] | None = None) -> None:
     from .tables import atomic_open
 
     with atomic_open(path, "wb") as fh:
         FigureCanvasAgg(fig)
-        fig.savefig(fh, format="png", dpi=dpi, facecolor=fig.get_facecolor())
+        fig.savefig(fh, format="png", dpi=dpi, facecolor=fig.get_facecolor(), metadata=dict(metadata or {}))
 
 
 def overlay_figure(image: np.ndarray, labels: np.ndarray, out_path: str | os.PathLike, *,
@@ -171,11 +223,15 @@ def overlay_figure(image: np.ndarray, labels: np.ndarray, out_path: str | os.Pat
                    label_colors: Mapping[int, object] | None = None,
                    title: str = "",
                    slices: Sequence[int] | None = None,
+                   file_affine: np.ndarray | None = None,
+                   source_name: str = "",
                    dpi: int = 100) -> Path:
     """Write a PNG with axial, coronal and sagittal slices of ``image`` and the labels over it.
 
     Predicted labels are drawn as semi-transparent colour fill, the ground truth (if given) as
-    contour lines of the same colours; a legend names the labels. Written atomically: the PNG goes
+    contour lines of the same colours with a dark outline; the legend names the classes shown
+    in the panels only, each with its fill and/or line. The PNG's text chunks ``Legend`` and
+    ``Slices`` repeat the legend entries and the slice numbers. Written atomically: the PNG goes
     to a temporary file in the destination folder, then is renamed over ``out_path``.
 
     Parameters
@@ -199,8 +255,14 @@ def overlay_figure(image: np.ndarray, labels: np.ndarray, out_path: str | os.Pat
     title : str
         Figure title (e.g. the case id).
     slices : sequence of 3 int, optional
-        Voxel indices ``(i, j, k)`` of the sagittal, coronal and axial slices. Default
-        :func:`choose_slices` (centre of mass of the largest tumor class or of the labels).
+        Voxel indices ``(i, j, k)`` (of the RAS arrays) of the sagittal, coronal and axial
+        slices. Default :func:`choose_slices` (through the tumor, else the brain's centre with
+        the sagittal slice off the midline).
+    file_affine : ndarray of shape (4, 4), optional
+        Affine of the file the arrays were reoriented from (RAS): the panels are numbered with
+        that file's voxel indices (axis x, y or z of the file), as viewers show them.
+    source_name : str
+        The file's name, for the note on the slice numbers.
     dpi : int
         Resolution of the PNG (the figure is 12 x 4.6 inches).
 
@@ -262,10 +324,14 @@ def overlay_figure(image: np.ndarray, labels: np.ndarray, out_path: str | os.Pat
             r, g, b, _ = to_rgba(color)
             lut[value] = (r, g, b, _FILL_ALPHA)
 
-    fig = Figure(figsize=(12, 4.6), facecolor=_BG)
+    fidx = file_indices(ijk, image.shape, file_affine)
+    fig = Figure(figsize=(12, 4.8), facecolor=_BG)
     axes = fig.subplots(1, 3)
-    fig.subplots_adjust(left=0.01, right=0.99, top=0.9 if title else 0.96, bottom=0.14, wspace=0.04)
-    present: set[int] = set()
+    # title on top, panel names under the panels, legend and notes at the bottom: nothing overlaps
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.9 if title else 0.97, bottom=0.19, wspace=0.04)
+    filled: set[int] = set()
+    contoured: set[int] = set()
+    outline = [patheffects.Stroke(linewidth=_LINE + 1.2, foreground="black"), patheffects.Normal()]
     for ax, (name, index, (pw, ph), flip, letters) in zip(axes, _views(image.shape, spacing, ijk)):
         img2 = _to_screen(np.nan_to_num(image[index].astype(np.float32, copy=False)), flip)
         lab2 = _to_screen(labels[index], flip)
@@ -277,7 +343,7 @@ def overlay_figure(image: np.ndarray, labels: np.ndarray, out_path: str | os.Pat
         lab_idx[(lab2 < 0) | (lab2 > max_label)] = 0
         if lab_idx.any():
             ax.imshow(lut[lab_idx], origin="lower", extent=extent, interpolation="nearest")
-            present.update(int(v) for v in np.unique(lab_idx) if v)
+            filled.update(int(v) for v in np.unique(lab_idx) if v and lut[v, 3] > 0)
         if truth is not None:
             tr2 = _to_screen(truth[index], flip)
             xs = (np.arange(cols) + 0.5) * pw
@@ -286,15 +352,22 @@ def overlay_figure(image: np.ndarray, labels: np.ndarray, out_path: str | os.Pat
                 value = int(value)
                 if value == 0 or value not in colors:
                     continue
-                ax.contour(xs, ys, (tr2 == value).astype(np.float32), levels=[0.5],
-                           colors=[colors[value]], linewidths=1.1)
-                present.add(value)
+                region = (tr2 == value).astype(np.float32)
+                if region.shape[0] < 2 or region.shape[1] < 2:
+                    continue
+                cs = ax.contour(xs, ys, region, levels=[0.5], colors=[colors[value]], linewidths=_LINE)
+                # a dark outline under each line: a near-white WM contour stays visible on a
+                # near-white WM fill, a cyan one on cyan
+                cs.set(path_effects=outline)
+                contoured.add(value)
         ax.set_xlim(extent[0], extent[1])
         ax.set_ylim(extent[2], extent[3])
         ax.set_aspect("equal")
         ax.set_axis_off()
-        idx = {"axial": ijk[2], "coronal": ijk[1], "sagittal": ijk[0]}[name]
-        ax.set_title(f"{name} {idx}", color=_FG, fontsize=10)
+        ras_axis = {"axial": 2, "coronal": 1, "sagittal": 0}[name]
+        f_axis, f_index = fidx[ras_axis]
+        ax.text(0.5, -0.015, f"{name}  {'xyz'[f_axis]} = {f_index}", color=_FG, fontsize=10,
+                ha="center", va="top", transform=ax.transAxes)
         left, right, top, bottom = letters
         style = dict(color=_FG, fontsize=9, fontweight="bold", transform=ax.transAxes)
         ax.text(0.01, 0.5, left, ha="left", va="center", **style)
@@ -302,17 +375,31 @@ def overlay_figure(image: np.ndarray, labels: np.ndarray, out_path: str | os.Pat
         ax.text(0.5, 0.99, top, ha="center", va="top", **style)
         ax.text(0.5, 0.01, bottom, ha="center", va="bottom", **style)
 
-    handles: list = [
-        Patch(facecolor=colors[v], edgecolor="none", alpha=0.8, label=str(label_names.get(v, v)))
-        for v in sorted(set(label_names) | present)
-        if v in colors and v != 0
-    ]
-    if truth is not None:
-        handles.append(Line2D([], [], color=_FG, linewidth=1.1, label="ground truth (contours)"))
+    shown = sorted((filled | contoured) & set(colors))
+    entries = [str(label_names.get(v, v)) for v in shown]
+    handles: list = []
+    for v, text in zip(shown, entries):
+        fill = Patch(facecolor=to_rgba(colors[v], 0.8), edgecolor="none")
+        line = Line2D([], [], color=colors[v], linewidth=_LINE, path_effects=outline)
+        parts = ([fill] if v in filled else []) + ([line] if v in contoured else [])
+        handles.append(tuple(parts) if len(parts) > 1 else parts[0])
     if handles:
-        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), frameon=False,
-                   labelcolor=_FG, fontsize=9)
+        fig.legend(handles=handles, labels=entries, loc="lower center", ncol=len(handles), frameon=False,
+                   labelcolor=_FG, fontsize=9, bbox_to_anchor=(0.5, 0.035),
+                   handler_map={tuple: HandlerTuple(ndivide=None, pad=0.3)}, handlelength=3.0)
+    notes = []
+    if truth is not None and handles:
+        notes.append("fill: prediction, line: ground truth")
+    notes.append(f"slice numbers: voxel indices of {source_name or 'the input file'}"
+                 if file_affine is not None else "slice numbers: voxel indices of the array")
+    fig.text(0.5, 0.008, "; ".join(notes), color="#bbbbbb", fontsize=8, ha="center", va="bottom")
     if title:
-        fig.suptitle(title, color=_FG, fontsize=12)
-    _atomic_savefig(fig, out_path, dpi)
+        fig.suptitle(title, color=_FG, fontsize=12, y=0.985, va="top")
+    metadata = {
+        "Title": title or out_path.stem,
+        "Legend": ", ".join(entries),
+        "Slices": ", ".join(f"{n} {'xyz'[fidx[a][0]]}={fidx[a][1]}"
+                            for n, a in (("axial", 2), ("coronal", 1), ("sagittal", 0))),
+    }
+    _atomic_savefig(fig, out_path, dpi, metadata)
     return out_path

@@ -7,7 +7,10 @@ and opened from disk.
 
 ``docs/figures/index_screenshot.png`` shows the page of
 ``segment batch --input sample_data --out results --config configs/demo.yaml``, rendered with
-``chromium --headless --screenshot --window-size=1400,1000 file://$PWD/results/index.html``.
+``chromium --headless --no-sandbox --hide-scrollbars --screenshot=docs/figures/index_screenshot.png
+--window-size=1280,1000 file://$PWD/results/index.html``: the page fits 1280 px (Dice and volumes
+shown by default, every other column behind "all metric columns"); flags and warnings of each
+case stand beside its overlay.
 """
 from __future__ import annotations
 
@@ -21,17 +24,39 @@ from urllib.parse import quote
 
 from .tables import as_number, atomic_write_text
 
-__all__ = ["write_index", "render_index", "shown_columns"]
+__all__ = ["write_index", "render_index", "shown_columns", "summary_columns"]
 
-_MAIN_PREFIXES = ("dice_", "hd95_")
-_QC_MAIN = ("brain_volume_ml", "tumor_volume_ml")
+#: Shown by default in the cases table: overlap and volumes (tissue classes, brain, tumor).
+_MAIN_PREFIXES = ("dice_",)
+_QC_MAIN = ("brain_volume_ml", "volume_ml_CSF", "volume_ml_GM", "volume_ml_WM", "tumor_volume_ml")
+#: Also shown in the summary table (it has room: no overlay, no flags).
+_SUMMARY_PREFIXES = ("hd95_",)
+#: Row keys that are text, never metric columns.
+_TEXT_KEYS = {"kind", "warnings"}
+
+
+def _volume_last(columns: Sequence[str]) -> list[str]:
+    vols = sorted((c for c in columns if c in _QC_MAIN), key=_QC_MAIN.index)
+    return [c for c in columns if c not in vols] + vols
 
 
 def shown_columns(columns: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Split metric columns into those shown by default (Dice, HD95, volumes) and the rest."""
-    main = [c for c in columns if c.startswith(_MAIN_PREFIXES) or c in _QC_MAIN]
+    """Split metric columns into those shown by default in the cases table (Dice per class
+    and region, then the volumes: brain, CSF, GM, WM, tumor) and the rest (HD95, IoU,
+    sensitivity, fractions ..., behind "all metric columns"), so the table fits 1280 px."""
+    main = _volume_last([c for c in columns if c.startswith(_MAIN_PREFIXES) or c in _QC_MAIN])
     rest = [c for c in columns if c not in main]
     return main, rest
+
+
+def summary_columns(columns: Sequence[str]) -> list[str]:
+    """Columns of the summary table: Dice, HD95, then the volumes."""
+    return _volume_last([c for c in columns if c.startswith(_MAIN_PREFIXES + _SUMMARY_PREFIXES) or c in _QC_MAIN])
+
+
+def _split(text: Any, sep: str = "; ") -> list[str]:
+    """Items of a joined text cell: flags are joined by "; ", warnings by " | "."""
+    return [f.strip() for f in str(text or "").split(sep) if f.strip()]
 
 
 def _fmt(col: str, v: Any) -> str:
@@ -65,7 +90,7 @@ def _header(col: str) -> str:
 _CSS = """
 :root{--fg:#1d2230;--muted:#667085;--line:#d9dee7;--bg:#ffffff;--alt:#f6f8fb;--bad:#fde8e8;--flag:#b54708;--flagbg:#fef0c7}
 *{box-sizing:border-box}
-body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;color:var(--fg);background:var(--bg);margin:0;padding:20px 24px}
+body{font:13px/1.35 system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;color:var(--fg);background:var(--bg);margin:0;padding:20px 24px}
 h1{font-size:20px;margin:0 0 4px}
 h2{font-size:15px;margin:22px 0 8px}
 .meta{color:var(--muted);margin-bottom:12px}
@@ -76,17 +101,20 @@ h2{font-size:15px;margin:22px 0 8px}
 .controls input[type=search]{padding:4px 8px;border:1px solid var(--line);border-radius:6px;min-width:220px}
 .controls select{padding:3px 6px;border:1px solid var(--line);border-radius:6px}
 table{border-collapse:collapse;font-variant-numeric:tabular-nums}
-th,td{border-bottom:1px solid var(--line);padding:4px 6px;text-align:right;vertical-align:middle;white-space:nowrap}
-th{position:sticky;top:0;background:#eef2f7;cursor:pointer;user-select:none;font-weight:600;z-index:1;white-space:normal;min-width:48px;max-width:84px;line-height:1.2}
+th,td{border-bottom:1px solid var(--line);padding:3px 5px;text-align:right;vertical-align:middle;white-space:nowrap}
+th{position:sticky;top:0;background:#eef2f7;cursor:pointer;user-select:none;font-weight:600;z-index:1;white-space:normal;min-width:40px;max-width:62px;line-height:1.15;font-size:12px}
 th.t{max-width:none}
 th.asc::after{content:" \\25B2";font-size:10px}th.desc::after{content:" \\25BC";font-size:10px}
 td.t,th.t{text-align:left}
 tbody tr:nth-child(even){background:var(--alt)}
 tr.failed{background:var(--bad)!important}
-td.flags{white-space:normal;min-width:140px;max-width:240px;text-align:left}
-.flag{display:inline-block;background:var(--flagbg);color:var(--flag);border-radius:4px;padding:0 5px;margin:1px 2px 1px 0;font-size:12px}
+td.flags{white-space:normal;min-width:120px;max-width:210px;text-align:left}
+.flag{display:inline-block;background:var(--flagbg);color:var(--flag);border-radius:4px;padding:0 5px;margin:1px 2px 1px 0;font-size:11.5px}
+.warn{display:block;color:#475467;font-size:11.5px;margin:1px 0}.warn::before{content:"\\26A0  "}
+.pill.warned{background:#eef2f7;color:#475467}
+.wrap{max-width:100%;overflow-x:auto}
 .err{color:#b42318;font-size:12px}
-td.img img{height:100px;display:block;background:#000;border-radius:3px}
+td.img img{height:72px;display:block;background:#000;border-radius:3px}
 table.x-hidden .x{display:none}
 #summary td:first-child,#summary th:first-child{text-align:left}
 #summary th{position:static;cursor:default}
@@ -169,12 +197,13 @@ def render_index(
         seen: dict[str, None] = {}
         for r in rows:
             for k in r:
-                if k not in lead and not str(k).startswith("_") and k != "kind":
+                if k not in lead and not str(k).startswith("_") and k not in _TEXT_KEYS:
                     seen.setdefault(str(k), None)
         metric_columns = list(seen)
     main, rest = shown_columns(list(metric_columns))
     n_failed = sum(1 for r in rows if r.get("status") != "ok")
     n_flagged = sum(1 for r in rows if r.get("status") == "ok" and r.get("flags"))
+    n_warned = sum(1 for r in rows if _split(r.get("warnings"), " | "))
     esc = html.escape
     out: list[str] = []
     w = out.append
@@ -185,14 +214,18 @@ def render_index(
     w('<div class="meta">')
     w(f'<span class="pill ok">{len(rows) - n_failed} ok</span>')
     w(f'<span class="pill failed">{n_failed} failed</span>')
-    w(f'<span class="pill flagged">{n_flagged} flagged</span> ')
+    w(f'<span class="pill flagged">{n_flagged} flagged</span>')
+    if n_warned:
+        w(f'<span class="pill warned">{n_warned} with warnings</span>')
+    w(" ")
     w(f"{len(rows)} cases &middot; written {esc(time.strftime('%Y-%m-%d %H:%M'))}")
     if links:
         w(" &middot; " + " &middot; ".join(f'<a href="{esc(u, quote=True)}">{esc(k)}</a>' for k, u in links.items()))
     w("</div>")
 
     if summary:
-        shown = [x for x in summary if x.get("metric") in main]
+        wanted = summary_columns([str(x.get("metric")) for x in summary])
+        shown = sorted((x for x in summary if x.get("metric") in wanted), key=lambda x: wanted.index(x["metric"]))
         if shown:
             w("<h2>Summary over the cases that succeeded</h2>")
             w('<table id="summary"><thead><tr><th class="t nosort"></th>')
@@ -214,9 +247,9 @@ def render_index(
       "click a header to sort, an overlay to enlarge</span></div>")
     if not rows:
         w('<p class="empty">no cases</p>')
-    w('<table id="cases" class="x-hidden"><thead><tr>')
+    w('<div class="wrap"><table id="cases" class="x-hidden"><thead><tr>')
     has_images = bool(images)
-    w('<th class="t">case</th><th class="t">status</th><th class="t">flags / error</th>')
+    w('<th class="t">case</th><th class="t">status</th><th class="t">flags, warnings / error</th>')
     if has_images:
         w('<th class="t nosort">overlay</th>')
     w("<th>seconds</th>")
@@ -229,12 +262,14 @@ def render_index(
         cid = str(r.get("case_id", ""))
         status = str(r.get("status", ""))
         failed = status != "ok"
-        flags = [f for f in str(r.get("flags") or "").split("; ") if f and f != "failed"]
+        flags = [f for f in _split(r.get("flags")) if f != "failed"]
+        warns = [x for x in _split(r.get("warnings"), " | ") if x not in flags]
         flagged = "1" if (flags or failed) else "0"
         cls = ' class="failed"' if failed else ""
         w(f'<tr{cls} data-case="{esc(cid, quote=True)}" data-flagged="{flagged}">')
         w(f'<td class="t"><b>{esc(cid)}</b></td><td class="t">{esc(status)}</td><td class="flags">')
         w("".join(f'<span class="flag">{esc(f)}</span>' for f in flags))
+        w("".join(f'<span class="warn">{esc(x)}</span>' for x in warns))
         if r.get("error"):
             w(f'<div class="err">{esc(str(r["error"]))}</div>')
         w("</td>")
@@ -254,7 +289,7 @@ def render_index(
             heat = _heat(c, v) if c not in rest else ""
             w(f'<td{x}{heat} data-v="{"" if v is None else repr(v)}">{_fmt(c, r.get(c))}</td>')
         w("</tr>")
-    w("</tbody></table>")
+    w("</tbody></table></div>")
     w('<div id="lightbox"><div></div><img alt=""></div>')
     w(f"<script>{_JS}</script></body></html>\n")
     return "\n".join(out)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from html.parser import HTMLParser
 from urllib.parse import unquote
 
-from segment.report.html import render_index, shown_columns, write_index
+from segment.report.html import render_index, shown_columns, summary_columns, write_index
 
 
 class _Tags(HTMLParser):
@@ -79,7 +79,7 @@ def test_cells_carry_sort_keys_and_missing_values_are_empty():
 
 def test_summary_and_column_split():
     main, rest = shown_columns(["dice_GM", "iou_GM", "hd95_GM", "brain_volume_ml", "fraction_GM"])
-    assert main == ["dice_GM", "hd95_GM", "brain_volume_ml"] and rest == ["iou_GM", "fraction_GM"]
+    assert main == ["dice_GM", "brain_volume_ml"] and rest == ["iou_GM", "hd95_GM", "fraction_GM"]
     summary = [{"metric": "dice_GM", "n": 2, "mean": 0.655, "std": 0.36, "median": 0.655, "iqr": 0.255,
                 "min": 0.4, "max": 0.91}, {"metric": "iou_GM", "n": 1, "mean": 0.83}]
     page = render_index(ROWS, summary=summary)
@@ -90,3 +90,40 @@ def test_summary_and_column_split():
 def test_empty_report():
     page = render_index([])
     assert "no cases" in page and "0 ok" in page
+
+
+def test_tissue_volumes_shown_by_default_in_order():
+    cols = ["dice_CSF", "hd95_CSF", "dice_GM", "volume_ml_WT", "dice_WT", "brain_volume_ml", "volume_ml_WM",
+            "fraction_WM", "volume_ml_GM", "volume_ml_CSF", "tumor_volume_ml"]
+    main, rest = shown_columns(cols)
+    assert main == ["dice_CSF", "dice_GM", "dice_WT", "brain_volume_ml", "volume_ml_CSF", "volume_ml_GM",
+                    "volume_ml_WM", "tumor_volume_ml"]
+    assert "volume_ml_WT" in rest and "hd95_CSF" in rest  # a truth's region volume is a metric, not shown first
+    assert summary_columns(cols) == ["dice_CSF", "hd95_CSF", "dice_GM", "dice_WT", "brain_volume_ml",
+                                     "volume_ml_CSF", "volume_ml_GM", "volume_ml_WM", "tumor_volume_ml"]
+    row = {"case_id": "m", "status": "ok", "error": "", "seconds": 1.0, "flags": "", "dice_GM": 0.9,
+           "volume_ml_GM": 612.5, "volume_ml_WM": 480.0, "hd95_GM": 2.0}
+    page = render_index([row])
+    p = _parse(page)
+    heads = [(a.get("class") or "") for t, a in p.tags if t == "th"]
+    texts = [t.strip() for t in p.text if t.strip()]
+    assert "volume mL GM" in texts and "612" in " ".join(texts)
+    # the volume headers are not hidden (class x is "all metric columns" only)
+    i = texts.index("volume mL GM")
+    assert i > 0 and heads.count("x") == 1  # only hd95_GM is hidden
+
+
+def test_flags_and_warnings_are_shown():
+    row = {"case_id": "w", "status": "ok", "error": "", "seconds": 1.0,
+           "flags": "partial-volume model fell back to the plain mixture (pure means drifted 2.1 SD > 2)",
+           "warnings": "partial-volume model fell back to the plain mixture (pure means drifted 2.1 SD > 2) | "
+                       "t2: rigid registration rejected; kept the physical-coordinate alignment",
+           "dice_GM": 0.9}
+    page = render_index([row, {**row, "case_id": "v", "flags": "", "warnings": ""}])
+    p = _parse(page)
+    flags = [a for t, a in p.tags if t == "span" and a.get("class") == "flag"]
+    warns = [a for t, a in p.tags if t == "span" and a.get("class") == "warn"]
+    assert len(flags) == 1 and len(warns) == 1  # the warning that is also a flag is shown once
+    assert "rigid registration rejected" in page
+    assert "1 with warnings" in page
+    assert "warnings</th>" not in page.replace("flags, warnings / error</th>", "")  # not a metric column
