@@ -177,7 +177,7 @@ class TumorConfig(_Strict):
         0.3, ge=0, le=5, description="MRF weight per neighbour (x 1/mm, 6-neighbourhood mean field) of the tumor mixture"
     )
     et_gate_sd: float = Field(
-        2.0, ge=0, le=10, description="enhancing class: T1c (T1c - T1) this many healthy SDs above GM and WM"
+        1.5, ge=0, le=10, description="enhancing class: T1c (T1c - T1) this many healthy SDs above GM and WM"
     )
     ed_gate_sd: float = Field(1.0, ge=-2, le=10, description="edema class: FLAIR this many healthy GM SDs above GM")
     em_iterations: int = Field(
