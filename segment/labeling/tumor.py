@@ -1,41 +1,40 @@
-"""Glioma segmentation (NCR / ED / ET) as outliers of the healthy brain, named by signature.
+"""Glioma segmentation (NCR / ED / ET): tumor classes inside a healthy + tumor mixture, named by signature.
 
-The method follows the outlier view of Prastawa et al. (2004): healthy tissue is what the
-robust intensity normalisation describes (median 0, IQR-based unit scale inside the brain, so
-a tumor of a few per cent of the brain hardly moves it), and a tumor is a *compact, connected*
-region far outside that healthy range on FLAIR, with sub-regions named by their signature
-across modalities. Nothing depends on a mixture component's index or on the random seed.
+After Prastawa et al. (2004: tumor and edema are what the healthy mixture cannot explain) and
+Menze et al. (2010/2016: a latent spatial tumor prior, EM over healthy and tumor classes): a
+FLAIR detector decides whether and where a tumor is; healthy and tumor classes are then fitted
+jointly on all modalities present, with an MRF, and the tumor classes are named by their
+signature, never by a component's index. The seed only draws the subsample of healthy voxels.
 
 Steps (all sizes in millimetres, so they hold at any voxel size):
 
-1. **Detection (does a tumor exist?).** FLAIR is smoothed (``smooth_mm``, normalised inside
-   the brain mask). Seeds are voxels with smoothed FLAIR above ``seed_z`` (robust z; a healthy
-   brain's FLAIR, grey matter included, stays below it), opened with a ball of ``open_mm`` so
-   thin bright rims (cortex, vessels, skull-strip residue) vanish, and grouped into 26-connected
-   lesions. A lesion counts only if it is at least ``min_tumor_ml`` and does not lie mostly on
-   the brain surface (``max_surface_fraction``). No lesion: empty labels, whatever the
-   modalities. This is why a healthy brain comes back empty.
-2. **Whole tumor (WT).** The boundary threshold adapts to the case: the median smoothed FLAIR
-   of the seeds ``L`` and the healthy level ``H`` (median of the brain outside the lesion)
-   give ``t = H + wt_fraction * (L - H)`` (at least ``wt_floor_z``): the half-way point of the
-   edge, where a blurred step is cut without bias. WT grows from the seeds through voxels above
-   ``t``, at most ``grow_mm`` from a seed.
-3. **Enhancing tumor (ET)**, with T1c: enhancement ``e = T1c - T1`` (T1 present: a voxel bright
-   on T1 already, such as blood or fat, is not enhancing) or ``e = T1c`` (no T1). In the lesion
-   and a margin of ``et_margin_mm`` around it, the non-enhancing level is the median of ``e``
-   and its spread a robust SD; voxels above ``et_min_sd`` SDs (and ``et_min_delta``) are
-   candidates; if they make at least ``min_et_mm3``, the ET boundary is again the half-way
-   point between the non-enhancing level and the candidates' median. Small ET islands are
-   dropped.
-4. **Necrosis (NCR)**: the tumor core is ET closed with a ball of ``core_close_mm`` and its
-   holes filled (in 3-D and slice by slice along each axis): what ET encloses and is not ET is
-   NCR. TC = NCR + ET.
-5. **Clean-up.** WT = grown region + ET + NCR, holes filled, except hole voxels that look like
-   CSF (FLAIR below ``csf_flair_z``; ventricles are bright on T2 but dark on FLAIR, never
-   edema); WT islands not touching a detected lesion are removed. ED = WT - TC.
+1. **Detection (does a tumor exist?).** FLAIR is smoothed (``detect_smooth_mm``, normalised
+   inside the brain mask). Seeds are voxels with smoothed FLAIR above ``seed_z`` (robust z; a
+   healthy brain's FLAIR, grey matter included, stays below it), opened with a ball of
+   ``open_mm`` so thin bright rims vanish, and grouped into 26-connected lesions. A lesion counts
+   only if it is at least ``min_tumor_ml``, does not lie mostly on the brain surface
+   (``max_surface_fraction``) and, with T2, is T2-bright. No lesion: empty labels. This is why a
+   healthy brain comes back empty.
+2. **Joint mixture** (:mod:`segment.labeling.tumor_model`). Healthy CSF/GM/WM Gaussians over all
+   modalities present are fitted (trimmed EM) on the brain farther than ``grow_mm`` from every
+   lesion; optional per-voxel healthy priors (``healthy_prior``, e.g. warped atlas maps) weight
+   them, flat otherwise. Tumor classes ED / ET / NCR are started from the voxels whose signature
+   fits them (outliers of every healthy class that are FLAIR-bright / enhancing / T1c-dark and not
+   CSF-like) and fitted by EM jointly with the fixed healthy classes within ``grow_mm`` of the
+   lesions, with a latent spatial tumor prior (start ``alpha0``, re-estimated as the smoothed
+   tumor posterior), soft signature gates on each tumor class's prior (``ed_gate_sd``,
+   ``et_gate_sd``), a mean-field Potts MRF (``mrf_beta``) and, in the second round, the core
+   enclosed by enhancement (ET or NCR only) or by tumor (tumor classes only).
+3. **Labels.** Argmax of the posteriors; ET islands under ``min_et_mm3`` dropped; what ET encloses
+   (closed by ``core_close_mm``; where the rim reaches the brain surface the outside within
+   ``core_cap_mm`` closes it) and thick healthy-looking blobs enclosed by the tumor are NCR; WT is
+   the tumor connected to a detected lesion, islands under ``min_island_mm3`` removed.
+   ``want_probabilities`` returns the NCR/ED/ET posteriors (float32) and the voxel-wise entropy
+   of the full (healthy + tumor) posterior.
 
 Regions by modality: FLAIR is required for WT (T2 alone cannot separate edema from CSF); T1c
-adds TC and ET; T1 refines enhancement (``T1c - T1``); T2 is not needed. With FLAIR only every
+adds TC and ET; T1 refines enhancement (``T1c - T1``); every modality present enters the
+mixture. With FLAIR only every
 WT voxel is labelled ED (2) and ``regions == ["WT"]``.
 
 Examples
@@ -355,7 +354,12 @@ def segment_tumor(
     config : TumorConfig
         Method parameters (see :class:`segment.config.TumorConfig`).
     seed : int
-        Unused by the current (deterministic) method; accepted for the pipeline's interface.
+        Seed of the subsample of healthy voxels the healthy Gaussians are fitted on (at most
+        60 000; smaller brains use every voxel).
+    healthy_prior : ndarray of shape (X, Y, Z, 3), optional
+        CSF/GM/WM prior probabilities on the mask's grid (e.g. a warped atlas); flat when None.
+    want_probabilities : bool
+        Also return ``probabilities``: NCR/ED/ET posteriors and ``entropy`` (float32 maps).
 
     Returns
     -------
