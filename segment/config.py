@@ -179,9 +179,12 @@ class TumorConfig(_Strict):
     et_gate_sd: float = Field(
         1.5, ge=0, le=10, description="enhancing class: T1c (T1c - T1) this many healthy SDs above GM and WM"
     )
+    et_touch_mm: float = Field(
+        2.0, ge=0, le=20, description="an enhancing island is tumor only if this close (mm) to the edema/core body"
+    )
     ed_gate_sd: float = Field(1.0, ge=-2, le=10, description="edema class: FLAIR this many healthy GM SDs above GM")
     em_iterations: int = Field(
-        10, ge=1, le=100, description="EM iterations per round of the tumor mixture (2 rounds: the enclosed core between)"
+        8, ge=1, le=100, description="EM iterations per round of the tumor mixture (2 rounds: the enclosed core between)"
     )
 
 

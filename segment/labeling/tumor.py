@@ -508,7 +508,18 @@ def segment_tumor(
     tum |= core
     # whole tumor: the tumor voxels connected to a detected lesion
     sb = seeds[mb]
-    wl, _ = ndi.label(tum | sb, structure=_FULL)
+    # the body (edema, core) connected to a lesion without bridging through enhancement; enhancing
+    # islands count only where they touch that body (enhancing vessels, dura and choroid plexus
+    # that merely chain to the tumor do not)
+    body = tum & ~et
+    bl, _ = ndi.label(body | sb, structure=_FULL)
+    ids = np.unique(bl[sb])
+    body = np.isin(bl, ids[ids > 0]) & inb
+    el, ne = ndi.label(et, structure=_FULL)
+    if ne:
+        touch = np.unique(el[_dilate_mm(body, cfg.et_touch_mm, spacing) & et])
+        et = np.isin(el, touch[touch > 0])
+    wl, _ = ndi.label(body | et, structure=_FULL)
     ids = np.unique(wl[sb])
     wt = np.isin(wl, ids[ids > 0]) & inb
     wt = _remove_small(wt, cfg.min_island_mm3, vv)

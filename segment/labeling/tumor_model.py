@@ -425,6 +425,8 @@ def fit_tumor_mixture(
     tw = {c: v / s for c, v in tw.items()}
     gates = {c: (np.asarray(gate[c], dtype=np.float64)[box][b] if gate and c in gate else np.ones(n)) for c in tcls}
     alpha = np.where(r, alpha0, 0.0).astype(np.float32)
+    sig_a = [alpha_smooth_mm / sp for sp in spacing]
+    den_a = ndi.gaussian_filter(b.astype(np.float32), sig_a, mode="constant", truncate=2.0)
     core = np.zeros(b.shape, bool)
     core_wt = np.zeros(b.shape, bool)
     vv = float(np.prod(spacing))
@@ -480,7 +482,10 @@ def fit_tumor_mixture(
             tw = {c: max(float(s0[j]) / tot, 1e-3) for j, c in enumerate(tcls)}
         qt = np.zeros(b.shape, np.float32)
         qt[b] = q[:, nh:].sum(1)
-        alpha = np.where(r, np.clip(_smooth_in(qt, b, alpha_smooth_mm, spacing), alpha_min, alpha_max), 0.0)
+        num = ndi.gaussian_filter(qt, sig_a, mode="constant", truncate=2.0)
+        sm = np.zeros_like(num)
+        np.divide(num, den_a, out=sm, where=den_a > 1e-3)
+        alpha = np.where(r, np.clip(sm, alpha_min, alpha_max), 0.0)
         alpha = alpha.astype(np.float32)
         history.append(round(float(qt.sum() * vv / 1000.0), 2))
         if (it + 1) % iterations == 0 and it + 1 < iterations * rounds:
