@@ -45,27 +45,32 @@ from segment.report.figures import overlay_figure  # noqa: E402
 
 #: What a reader sees on the overlays (written after looking at them; update when the method changes).
 OBSERVATIONS: dict[str, str] = {
+    "brats_2013_pat0005_1": """
+**What the overlays show** (segment row vs manual row, same slices). The FLAIR-dark cyst at the left parieto-occipital
+surface is now tumor core: NCR fills it inside the enhancing wall, the rim being closed by the brain surface where it
+reaches the cortex (axial ~98-110). Misses: the manual edema reaches farther medially and inferiorly (axial ~72, ~98:
+FLAIR only mildly bright there, below the edema gate), and the thin enhancing wall along the surface is partly NCR or
+missing. False positives: the enhancing choroid plexus in the left ventricular trigone (axial ~72-85) is taken as
+ET/NCR because it lies inside the 40 mm reach and touches the tumor.
+""",
+    "brats_2013_pat0006_1": """
+**What the overlays show.** The large frontal tumor in the cropped field of view: the FLAIR-bright edema is found
+nearly to its manual extent (WT Dice 0.88), ET covers the brightest enhancing parts of the mass. Misses: the manual
+non-enhancing core (label 3) that surrounds the enhancing parts is intermediate on T1c and FLAIR-bright and is mostly
+called edema, so TC stays near 0.63; heterogeneous, speckled enhancement is under-segmented (ET 22 of 43 mL).
+""",
     "brats_glioma": """
-**What the overlays show** (montage: axial slices, patient's left on the image left). A ring-enhancing
-mass in the right temporal lobe: the ET contour follows the enhancing wall on T1c, the NCR fills the
-non-enhancing centre that the wall encloses (dark on T1c and T1, bright on T2), and ED covers the
-finger-like FLAIR/T2 hyperintensity spreading through the right frontal, parietal and temporal white
-matter up to the centrum semiovale, stopping at the lateral ventricle (CSF stays out: dark on FLAIR).
-This is where a radiologist would draw the three regions. Doubtful parts: a thin FLAIR-bright band along
-the *left* occipital horn (axial ~64-76) is included as ED because it is joined to the lesion by
-FLAIR-hyperintense white matter across the splenium (a separate 1.1 mL periventricular seed there was
-rejected as a small non-enhancing secondary lesion); a few ET specks along the right ventricular wall
-(axial ~88) are probably enhancing veins / choroid plexus.
+**What the overlays show** (montage: axial slices, patient's left on the image left). The ring-enhancing right temporal
+mass: ET on the enhancing wall, NCR in its non-enhancing centre, ED over the finger-like FLAIR/T2 hyperintensity of the
+right hemisphere. False positives the old threshold method did not have: enhancing vessels, the superior sagittal sinus
+along the falx (axial ~114) and choroid plexus within 40 mm of the lesion are labelled ET where they touch edema; the
+FLAIR-bright band along the left occipital horn is included as ED.
 """,
     "tcia_raw": """
-**What the overlays show.** The raw exam's series are rigidly registered onto the T1 grid and resampled
-(`load_case`, registration auto: t2 and flair had moved about 17-18 mm and 5-16 degrees). The right frontal
-ring-enhancing lesion then lies at the same place in FLAIR, T1c, T2 and T1 (axial 15-20). ET follows the
-enhancing wall on T1c (axial 18-19), NCR fills the non-enhancing centre it encloses, ED the FLAIR-bright
-rim around the ring. Doubtful parts: ET contours also run along the lateral cortical surface next to the
-lesion (axial 15-16; enhancing vessels or dura at the surface) and a few 1-2 voxel ED specks sit on the
-5.5 mm slices around it. The whole exam through `segment run` (mask, tissue, tumor):
-docs/validation_clinical.md.
+**What the overlays show.** The right frontal ring-enhancing lesion (axial 15-20) is found with its FLAIR-bright rim as
+ED and the enhancing wall partly ET. False positives: NCR/ET contours run along the lateral cortical surface next to
+the lesion over several 5.5 mm slices (axial 10-19; dura, vessels and the edge of the estimated brain mask), so NCR
+(13 mL) is overestimated.
 """,
 }
 LIMITATIONS = """
