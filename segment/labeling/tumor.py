@@ -396,6 +396,8 @@ def segment_tumor(
         vols["WT"] = vols["NCR"] + vols["ED"] + vols["ET"]
         vols["TC"] = vols["NCR"] + vols["ET"]
         info["volumes_ml"] = {k: round(v, 3) for k, v in vols.items()}
+        if want_probabilities and probs is None:  # no tumor classes fitted: their posteriors are 0
+            probs = {k: np.zeros(mask.shape, np.float32) for k in (*TUMOR_LABELS.values(), "entropy")}
         return TumorResult(labels=lab, regions=list(regions), probabilities=probs, info=info)
 
     if not regions:

@@ -164,3 +164,30 @@ def test_enclosed_core_closes_a_rim_open_at_the_surface():
     d2 = np.sqrt((xx - 20) ** 2 + (yy - 20) ** 2 + (zz - 18) ** 2)
     shell = (d2 >= 5) & (d2 < 7)
     assert enclosed_core(shell, brain, (1.0, 1.0, 1.0), 2.0, 0.0)[d2 < 5].all()
+
+
+def test_pipeline_writes_tumor_posteriors(tmp_path):
+    import nibabel as nib
+
+    from segment.config import config_from_dict
+    from segment.phantom import write_phantom_case
+    from segment.pipeline import segment_case
+
+    ph = make_phantom(1, shape=SHAPE, spacing=SPACING, tumor=True)
+    case = write_phantom_case(tmp_path / "cases", ph, "t1")
+    out = tmp_path / "out"
+    segment_case(case, config_from_dict({"outputs": {"probabilities": True, "overlay": False}}), out)
+    lab = np.asarray(nib.load(str(out / "tumor.nii.gz")).dataobj)
+    maps = {n: np.asarray(nib.load(str(out / f"tumor_prob_{n}.nii.gz")).dataobj) for n in ("ncr", "ed", "et")}
+    ent = nib.load(str(out / "tumor_entropy.nii.gz"))
+    assert ent.get_data_dtype() == np.float32 and ent.shape == lab.shape
+    tot = sum(maps.values())
+    assert tot.max() <= 1.0 + 1e-5
+    assert lab.any() and np.median(tot[lab > 0]) > 0.5
+
+
+def test_no_tumor_gives_zero_posteriors():
+    ph, feats = _case(0, tumor=False)
+    res = segment_tumor(feats, ph.brain_mask, ph.spacing, config=TumorConfig(), want_probabilities=True)
+    assert set(res.probabilities) == {"NCR", "ED", "ET", "entropy"}
+    assert all(not v.any() for v in res.probabilities.values())
