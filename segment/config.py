@@ -181,7 +181,7 @@ class TumorConfig(_Strict):
         0.45, gt=0, lt=1, description="WT boundary at this fraction of the way from healthy to lesion FLAIR level"
     )
     wt_floor_z: float = Field(1.5, ge=0, le=10, description="WT boundary never below this FLAIR robust z")
-    grow_mm: float = Field(20.0, ge=0, le=100, description="WT grows at most this far (mm) from a seed")
+    grow_mm: float = Field(40.0, ge=0, le=100, description="tumor classes exist at most this far (mm) from a seed lesion")
     csf_flair_z: float = Field(
         -1.0, ge=-10, le=5, description="filled holes darker than this on FLAIR are CSF, never tumor"
     )
@@ -201,6 +201,24 @@ class TumorConfig(_Strict):
     et_floor_sd: float = Field(2.0, ge=0, le=20, description="ET boundary never below this many SDs above that level")
     min_et_mm3: float = Field(50.0, ge=0, description="ET islands (and total candidates) smaller than this are dropped")
     core_close_mm: float = Field(3.0, ge=0, le=20, description="closing radius (mm) of ET before filling the core (NCR)")
+    core_cap_mm: float = Field(
+        4.0, ge=0, le=20, description="outside the brain this close (mm) to ET closes a rim open at the surface"
+    )
+    # the joint healthy + tumor mixture
+    alpha0: float = Field(0.5, gt=0, lt=1, description="initial latent tumor prior inside the reach of a lesion")
+    mrf_beta: float = Field(
+        0.3, ge=0, le=5, description="MRF weight per neighbour (x 1/mm, 6-neighbourhood mean field) of the tumor mixture"
+    )
+    et_gate_sd: float = Field(
+        1.5, ge=0, le=10, description="enhancing class: T1c (T1c - T1) this many healthy SDs above GM and WM"
+    )
+    et_touch_mm: float = Field(
+        2.0, ge=0, le=20, description="an enhancing island is tumor only if this close (mm) to the edema/core body"
+    )
+    ed_gate_sd: float = Field(1.0, ge=-2, le=10, description="edema class: FLAIR this many healthy GM SDs above GM")
+    em_iterations: int = Field(
+        8, ge=1, le=100, description="EM iterations per round of the tumor mixture (2 rounds: the enclosed core between)"
+    )
 
 
 class OutputConfig(_Strict):

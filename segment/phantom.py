@@ -66,6 +66,7 @@ INTENSITIES: dict[str, dict[str, float]] = {
     "ncr":   dict(t1=0.33, t1c=0.36, t2=0.92, flair=0.60),
     "ed":    dict(t1=0.72, t1c=0.75, t2=0.80, flair=1.00),
     "et":    dict(t1=0.60, t1c=1.35, t2=0.74, flair=0.86),
+    "cyst":  dict(t1=0.27, t1c=0.30, t2=0.98, flair=0.28),
     "bone":  dict(t1=0.07, t1c=0.08, t2=0.06, flair=0.05),
     "fat":   dict(t1=1.10, t1c=1.10, t2=0.78, flair=0.80),
     "skin":  dict(t1=0.55, t1c=0.60, t2=0.45, flair=0.45),
@@ -236,15 +237,23 @@ def _layout(u, R, k, rng):
     return tissue, depth, rho
 
 
-def _tumor(u, R, k, tissue, depth, spacing, rng):
-    """BraTS 2023 tumor labels placed in white matter, with irregular nested shapes."""
+def _tumor(u, R, k, tissue, depth, spacing, rng, kind="standard"):
+    """BraTS 2023 tumor labels placed in white matter, with irregular nested shapes.
+
+    ``kind="cortical"``: the centre lies a little under the brain surface, so the enhancing rim
+    reaches the cortex and the edema is cut by the surface; otherwise the core sits deep in WM.
+    """
     r_core = k * rng.uniform(9.0, 20.0)
     rim = k * rng.uniform(2.5, 4.5) + 0.1 * r_core
     r_ncr = max(r_core - rim, 0.45 * r_core)
     r_ed = r_core + k * rng.uniform(5.0, 16.0)
-    # candidate centres: WM deep enough for the core, away from the midline
     X = u[0][:, None, None] * R[0]
-    cand = (tissue == WM) & (depth > r_core + 6.0 * k) & (np.abs(X) > 10.0 * k)
+    if kind == "cortical":
+        # centre under the cortex: the rim (not the necrosis) crosses the brain surface
+        cand = (tissue > 0) & (depth > 0.55 * r_core) & (depth < 0.85 * r_core) & (np.abs(X) > 20.0 * k)
+    else:
+        # candidate centres: WM deep enough for the core, away from the midline
+        cand = (tissue == WM) & (depth > r_core + 6.0 * k) & (np.abs(X) > 10.0 * k)
     if not cand.any():
         cand = tissue == WM
     idx = np.flatnonzero(cand)
@@ -307,7 +316,7 @@ def make_phantom(
     shape: tuple[int, int, int] = (96, 112, 96),
     spacing: tuple[float, float, float] = (2.0, 2.0, 2.0),
     skull: bool = False,
-    tumor: bool = False,
+    tumor: bool | str = False,
     bias: float = 0.2,
     noise: float = 0.03,
     modalities: tuple[str, ...] = MODALITIES,
@@ -327,8 +336,11 @@ def make_phantom(
     skull : bool
         Add bone, fat/scalp and skin around the brain and a neck below; noise in the background.
         Without it the images are brain-only (exactly 0 outside the brain).
-    tumor : bool
-        Add a glioma (NCR core, ET rim, ED around) in white matter.
+    tumor : bool or {"standard", "cystic", "cortical"}
+        Add a glioma (NCR core, ET rim, ED around). True or ``"standard"``: deep in white
+        matter, a necrotic core bright on FLAIR. ``"cystic"``: the core is a fluid-filled cyst,
+        dark on FLAIR, T1 and T1c and bright on T2 (close to CSF, a little brighter on FLAIR).
+        ``"cortical"``: a standard tumor just under the cortex, its rim reaching the brain surface.
     bias : float
         Amplitude of the multiplicative bias field (0.2 = +-20 %); 0 for none.
     noise : float
@@ -367,8 +379,11 @@ def make_phantom(
     tissue, depth, rho = _layout(u, R, k, r_anat)
     brain = tissue > 0
     tum = None
-    if tumor:
-        tum = _tumor(u, R, k, tissue, depth, spacing, r_tum)
+    kind = "standard" if tumor is True else (str(tumor) if tumor else "")
+    if kind and kind not in ("standard", "cystic", "cortical"):
+        raise ValueError(f"tumor must be a bool or one of 'standard', 'cystic', 'cortical', got {tumor!r}")
+    if kind:
+        tum = _tumor(u, R, k, tissue, depth, spacing, r_tum, kind=kind)
         tissue[tum > 0] = TUMOR
 
     # extra-cerebral layers (labels stay 0 there)
@@ -398,6 +413,7 @@ def make_phantom(
     jitter = {c: r_int.uniform(0.97, 1.03, len(MODALITIES)) for c in classes}
     gain = r_int.uniform(0.85, 1.15, len(MODALITIES))
     texture_field = _Fields(u).field(r_int, 0.12)
+    cyst_jitter = r_tum.uniform(0.97, 1.03, len(MODALITIES))  # own stream: other phantoms unchanged
     blur_sigma = 0.6  # voxels: partial volume at boundaries
 
     label_map = np.zeros(shape, np.uint8)  # index into classes + 1
@@ -405,7 +421,7 @@ def make_phantom(
     label_map[tissue == GM] = 2
     label_map[tissue == WM] = 3
     if tum is not None:
-        label_map[tum == NCR] = 4
+        label_map[tum == NCR] = 11 if kind == "cystic" else 4
         label_map[tum == ED] = 5
         label_map[tum == ET] = 6
     if extra is not None:
@@ -426,9 +442,10 @@ def make_phantom(
         g2 = r_noise.standard_normal(shape, dtype=np.float32)
         if mod not in modalities:
             continue
-        lut = np.zeros(len(classes) + 1, np.float32)
+        lut = np.zeros(len(classes) + 2, np.float32)
         for ci, cls in enumerate(classes):
             lut[ci + 1] = INTENSITIES[cls][mod] * jitter[cls][mi] * gain[mi] * _SCALE
+        lut[len(classes) + 1] = INTENSITIES["cyst"][mod] * cyst_jitter[mi] * gain[mi] * _SCALE
         clean = lut[label_map]
         clean *= (1.0 + 0.04 * texture_field).astype(np.float32)
         clean = ndi.gaussian_filter(clean, blur_sigma, mode="constant")

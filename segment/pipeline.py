@@ -52,6 +52,7 @@ class Segmentation:
     info: dict[str, object] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     bias_corrected: dict[str, np.ndarray] | None = None  # N4-corrected images, with outputs.bias_corrected
+    tumor_probabilities: dict[str, np.ndarray] | None = None  # NCR/ED/ET posteriors + entropy (float32)
 
 
 # --------------------------------------------------------------------------- steps
@@ -461,13 +462,16 @@ def run_pipeline(case: Case | LoadedCase | str | os.PathLike, config: Config | N
     timings["normalize"] = time.perf_counter() - t
 
     tumor = None
+    tumor_probs = None
     regions: list[str] = []
     from .labeling.tumor import segment_tumor, should_run_tumor
 
     if should_run_tumor(loaded.modalities, config.tumor):
         t = time.perf_counter()
-        tres = segment_tumor(feats, mask, loaded.spacing, config=config.tumor, seed=config.seed)
+        tres = segment_tumor(feats, mask, loaded.spacing, config=config.tumor, seed=config.seed,
+                             want_probabilities=config.outputs.probabilities)
         tumor = tres.labels.astype(np.uint8)
+        tumor_probs = tres.probabilities
         regions = list(tres.regions)
         info["tumor"] = tres.info
         timings["tumor"] = time.perf_counter() - t
@@ -535,7 +539,8 @@ def run_pipeline(case: Case | LoadedCase | str | os.PathLike, config: Config | N
         pve_maps = np.zeros_like(prob_maps)
         pve_maps[healthy] = fractions
     return Segmentation(
-        loaded, mask, tissue, feats, prob_maps, pve_maps, tumor, regions, info, timings, corrected or None
+        loaded, mask, tissue, feats, prob_maps, pve_maps, tumor, regions, info, timings, corrected or None,
+        tumor_probs,
     )
 
 
@@ -642,6 +647,9 @@ def write_outputs(seg: Segmentation, out_dir: Path, config: Config, metrics: dic
 
         coded = to_coding(seg.tumor, config.tumor.coding)
         outputs["tumor"] = save_volume(from_ras(coded, ref), ref.affine, out_dir / "tumor.nii.gz", dtype=np.uint8)
+    for name, data in (seg.tumor_probabilities or {}).items():  # tumor_prob_ncr/ed/et, tumor_entropy
+        fname = "tumor_entropy" if name == "entropy" else f"tumor_prob_{name.lower()}"
+        outputs[fname] = save_volume(from_ras(data, ref), ref.affine, out_dir / f"{fname}.nii.gz", dtype=np.float32)
     if metrics or seg.tumor is not None:
         doc: dict[str, object] = dict(metrics)
         if seg.tumor is not None:

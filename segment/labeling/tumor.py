@@ -1,41 +1,40 @@
-"""Glioma segmentation (NCR / ED / ET) as outliers of the healthy brain, named by signature.
+"""Glioma segmentation (NCR / ED / ET): tumor classes inside a healthy + tumor mixture, named by signature.
 
-The method follows the outlier view of Prastawa et al. (2004): healthy tissue is what the
-robust intensity normalisation describes (median 0, IQR-based unit scale inside the brain, so
-a tumor of a few per cent of the brain hardly moves it), and a tumor is a *compact, connected*
-region far outside that healthy range on FLAIR, with sub-regions named by their signature
-across modalities. Nothing depends on a mixture component's index or on the random seed.
+After Prastawa et al. (2004: tumor and edema are what the healthy mixture cannot explain) and
+Menze et al. (2010/2016: a latent spatial tumor prior, EM over healthy and tumor classes): a
+FLAIR detector decides whether and where a tumor is; healthy and tumor classes are then fitted
+jointly on all modalities present, with an MRF, and the tumor classes are named by their
+signature, never by a component's index. The seed only draws the subsample of healthy voxels.
 
 Steps (all sizes in millimetres, so they hold at any voxel size):
 
-1. **Detection (does a tumor exist?).** FLAIR is smoothed (``smooth_mm``, normalised inside
-   the brain mask). Seeds are voxels with smoothed FLAIR above ``seed_z`` (robust z; a healthy
-   brain's FLAIR, grey matter included, stays below it), opened with a ball of ``open_mm`` so
-   thin bright rims (cortex, vessels, skull-strip residue) vanish, and grouped into 26-connected
-   lesions. A lesion counts only if it is at least ``min_tumor_ml`` and does not lie mostly on
-   the brain surface (``max_surface_fraction``). No lesion: empty labels, whatever the
-   modalities. This is why a healthy brain comes back empty.
-2. **Whole tumor (WT).** The boundary threshold adapts to the case: the median smoothed FLAIR
-   of the seeds ``L`` and the healthy level ``H`` (median of the brain outside the lesion)
-   give ``t = H + wt_fraction * (L - H)`` (at least ``wt_floor_z``): the half-way point of the
-   edge, where a blurred step is cut without bias. WT grows from the seeds through voxels above
-   ``t``, at most ``grow_mm`` from a seed.
-3. **Enhancing tumor (ET)**, with T1c: enhancement ``e = T1c - T1`` (T1 present: a voxel bright
-   on T1 already, such as blood or fat, is not enhancing) or ``e = T1c`` (no T1). In the lesion
-   and a margin of ``et_margin_mm`` around it, the non-enhancing level is the median of ``e``
-   and its spread a robust SD; voxels above ``et_min_sd`` SDs (and ``et_min_delta``) are
-   candidates; if they make at least ``min_et_mm3``, the ET boundary is again the half-way
-   point between the non-enhancing level and the candidates' median. Small ET islands are
-   dropped.
-4. **Necrosis (NCR)**: the tumor core is ET closed with a ball of ``core_close_mm`` and its
-   holes filled (in 3-D and slice by slice along each axis): what ET encloses and is not ET is
-   NCR. TC = NCR + ET.
-5. **Clean-up.** WT = grown region + ET + NCR, holes filled, except hole voxels that look like
-   CSF (FLAIR below ``csf_flair_z``; ventricles are bright on T2 but dark on FLAIR, never
-   edema); WT islands not touching a detected lesion are removed. ED = WT - TC.
+1. **Detection (does a tumor exist?).** FLAIR is smoothed (``detect_smooth_mm``, normalised
+   inside the brain mask). Seeds are voxels with smoothed FLAIR above ``seed_z`` (robust z; a
+   healthy brain's FLAIR, grey matter included, stays below it), opened with a ball of
+   ``open_mm`` so thin bright rims vanish, and grouped into 26-connected lesions. A lesion counts
+   only if it is at least ``min_tumor_ml``, does not lie mostly on the brain surface
+   (``max_surface_fraction``) and, with T2, is T2-bright. No lesion: empty labels. This is why a
+   healthy brain comes back empty.
+2. **Joint mixture** (:mod:`segment.labeling.tumor_model`). Healthy CSF/GM/WM Gaussians over all
+   modalities present are fitted (trimmed EM) on the brain farther than ``grow_mm`` from every
+   lesion; optional per-voxel healthy priors (``healthy_prior``, e.g. warped atlas maps) weight
+   them, flat otherwise. Tumor classes ED / ET / NCR are started from the voxels whose signature
+   fits them (outliers of every healthy class that are FLAIR-bright / enhancing / T1c-dark and not
+   CSF-like) and fitted by EM jointly with the fixed healthy classes within ``grow_mm`` of the
+   lesions, with a latent spatial tumor prior (start ``alpha0``, re-estimated as the smoothed
+   tumor posterior), soft signature gates on each tumor class's prior (``ed_gate_sd``,
+   ``et_gate_sd``), a mean-field Potts MRF (``mrf_beta``) and, in the second round, the core
+   enclosed by enhancement (ET or NCR only) or by tumor (tumor classes only).
+3. **Labels.** Argmax of the posteriors; ET islands under ``min_et_mm3`` dropped; what ET encloses
+   (closed by ``core_close_mm``; where the rim reaches the brain surface the outside within
+   ``core_cap_mm`` closes it) and thick healthy-looking blobs enclosed by the tumor are NCR; WT is
+   the tumor connected to a detected lesion, islands under ``min_island_mm3`` removed.
+   ``want_probabilities`` returns the NCR/ED/ET posteriors (float32) and the voxel-wise entropy
+   of the full (healthy + tumor) posterior.
 
 Regions by modality: FLAIR is required for WT (T2 alone cannot separate edema from CSF); T1c
-adds TC and ET; T1 refines enhancement (``T1c - T1``); T2 is not needed. With FLAIR only every
+adds TC and ET; T1 refines enhancement (``T1c - T1``); every modality present enters the
+mixture. With FLAIR only every
 WT voxel is labelled ED (2) and ``regions == ["WT"]``.
 
 Examples
@@ -60,6 +59,7 @@ from scipy import ndimage as ndi
 from ..config import TumorConfig
 from ..postprocess import fill_holes_nd
 from ..types import MODALITIES
+from .tumor_model import HEALTHY, enclosed_blobs, enclosed_core, fit_healthy, fit_tumor_mixture
 
 __all__ = ["TumorResult", "tumor_regions_possible", "should_run_tumor", "segment_tumor", "TUMOR_LABELS"]
 
@@ -337,6 +337,8 @@ def segment_tumor(
     *,
     config: TumorConfig,
     seed: int = 0,
+    healthy_prior: np.ndarray | None = None,
+    want_probabilities: bool = False,
 ) -> TumorResult:
     """Detect a glioma and label it NCR / ED / ET.
 
@@ -352,7 +354,12 @@ def segment_tumor(
     config : TumorConfig
         Method parameters (see :class:`segment.config.TumorConfig`).
     seed : int
-        Unused by the current (deterministic) method; accepted for the pipeline's interface.
+        Seed of the subsample of healthy voxels the healthy Gaussians are fitted on (at most
+        60 000; smaller brains use every voxel).
+    healthy_prior : ndarray of shape (X, Y, Z, 3), optional
+        CSF/GM/WM prior probabilities on the mask's grid (e.g. a warped atlas); flat when None.
+    want_probabilities : bool
+        Also return ``probabilities``: NCR/ED/ET posteriors and ``entropy`` (float32 maps).
 
     Returns
     -------
@@ -381,14 +388,17 @@ def segment_tumor(
         "modalities": modalities,
         "regions": list(regions),
         "tumor_found": False,
+        "flags": [],
     }
 
-    def _finish(lab: np.ndarray) -> TumorResult:
+    def _finish(lab: np.ndarray, probs=None) -> TumorResult:
         vols = {name: float(np.count_nonzero(lab == k) * vv / 1000.0) for k, name in TUMOR_LABELS.items()}
         vols["WT"] = vols["NCR"] + vols["ED"] + vols["ET"]
         vols["TC"] = vols["NCR"] + vols["ET"]
         info["volumes_ml"] = {k: round(v, 3) for k, v in vols.items()}
-        return TumorResult(labels=lab, regions=list(regions), probabilities=None, info=info)
+        if want_probabilities and probs is None:  # no tumor classes fitted: their posteriors are 0
+            probs = {k: np.zeros(mask.shape, np.float32) for k in (*TUMOR_LABELS.values(), "entropy")}
+        return TumorResult(labels=lab, regions=list(regions), probabilities=probs, info=info)
 
     if not regions:
         info["decision"] = (
@@ -455,112 +465,163 @@ def segment_tumor(
         )
         return _finish(labels)
 
-    # ---- 2. whole tumor ----------------------------------------------------------------
+    # ---- 2. the joint healthy + tumor mixture -----------------------------------------
     seeds = np.isin(lab, lesions)
     reach = _dilate_mm(seeds, cfg.grow_mm, spacing) & m
-    lesion_level = float(np.median(fs[seeds]))
-    healthy = m & ~reach
-    healthy_level = float(np.median(fs[healthy])) if healthy.any() else 0.0
-    t_wt = max(cfg.wt_floor_z, healthy_level + cfg.wt_fraction * (lesion_level - healthy_level))
-    grow = (fs > t_wt) & reach
-    glab, _ = ndi.label(grow | seeds, structure=_FULL)
-    keep_ids = np.unique(glab[seeds])
-    wt0 = np.isin(glab, keep_ids[keep_ids > 0])
-    info["flair_threshold_z"] = round(t_wt, 3)
-    info["flair_lesion_level_z"] = round(lesion_level, 3)
-    info["flair_healthy_level_z"] = round(healthy_level, 3)
+    outside = m & ~reach
+    if np.count_nonzero(outside) < 0.2 * np.count_nonzero(m):
+        info["flags"].append("tumor reach covers most of the brain: healthy model fitted on the whole brain")
+        outside = m
+    hmods = list(f)
+    Xh = np.stack([f[k][outside] for k in hmods], axis=1)
+    healthy = fit_healthy(Xh, hmods, seed=seed)
+    healthy["modalities"] = hmods
+    info["healthy_means"] = {c: [round(float(x), 3) for x in healthy["means"][j]] for j, c in enumerate(HEALTHY)}
+    init, tcls, gate = _signature_init(f, m, reach, seeds, healthy, hmods, cfg)
+    hp = None
+    if healthy_prior is not None:
+        hp = np.asarray(healthy_prior, dtype=np.float32)[box]
+    mix = fit_tumor_mixture(
+        f, m, reach, spacing, healthy=healthy, healthy_prior=hp, tumor_classes=tcls, init=init, gate=gate,
+        alpha0=cfg.alpha0, beta=cfg.mrf_beta, iterations=cfg.em_iterations, close_mm=cfg.core_close_mm,
+        cap_mm=cfg.core_cap_mm, min_et_mm3=cfg.min_et_mm3,
+    )
+    info["flags"].extend(mix.info.get("flags", []))
+    info["mixture"] = {k: v for k, v in mix.info.items() if k != "flags"}
+    info["tumor_means"] = mix.means
 
-    et = np.zeros_like(m)
-    if "t1c" in f:
-        # ---- 3. enhancement ------------------------------------------------------------
-        if "t1" in f:
-            e = f["t1c"] - f["t1"]
-            info["enhancement"] = "t1c - t1"
-        else:
-            e = f["t1c"]
-            info["enhancement"] = "t1c"
-        if cfg.et_smooth_mm > 0:
-            e = _smooth(e, m, cfg.et_smooth_mm, spacing)
-        if "t1" in f:
-            region = _dilate_mm(wt0, cfg.et_margin_mm, spacing) & m
-        else:
-            # T1c alone: bright healthy white matter borders the lesion, so no margin
-            region = fill_holes_nd(wt0) & m
-        # with T1 the enhancement of healthy tissue is ~0: a shell of normal brain anchors the
-        # non-enhancing reference even when the lesion is mostly enhancing rim and core
-        ref_region = (_dilate_mm(region, cfg.et_ref_shell_mm, spacing) & m) if "t1" in f else region
-        split = _enhancement_split(e[region], e[ref_region], cfg, int(np.ceil(cfg.min_et_mm3 / vv)))
-        info["enhancement_model"] = split
-        if split["enhancing"]:
-            et = (e > split["threshold"]) & region
-            et = _remove_small(et, cfg.min_et_mm3, vv)
-
-    # which lesions are kept: the largest, and others that are large or enhance themselves
-    sizes = {i: int(np.count_nonzero(lab == i)) for i in lesions}
-    largest = max(lesions, key=lambda i: (sizes[i], -i))
-    kept = []
-    for rec, i in zip([r for r in lesion_info if r["status"] == "candidate"], lesions):
-        near = _dilate_mm(lab == i, cfg.et_margin_mm + 2.0, spacing)
-        n_et = int(np.count_nonzero(near & et))
-        if i == largest:
-            rec["status"] = "tumor"
-        elif sizes[i] >= cfg.secondary_fraction * sizes[largest]:
-            rec["status"] = "tumor (large secondary lesion)"
-        elif n_et * vv >= cfg.min_et_mm3:
-            rec["status"] = "tumor (enhancing secondary lesion)"
-        else:
-            rec["status"] = "rejected: small secondary lesion without enhancement"
-            continue
-        kept.append(i)
-    if len(kept) < len(lesions):  # grow the whole tumor again from the kept seeds only
-        seeds = np.isin(lab, kept)
-        glab, _ = ndi.label(grow | seeds, structure=_FULL)
-        keep_ids = np.unique(glab[seeds])
-        wt0 = np.isin(glab, keep_ids[keep_ids > 0])
-    else:
-        seeds = np.isin(lab, kept)
-    wlab0, _ = ndi.label(wt0 | et, structure=_FULL)
-    ids = np.unique(wlab0[seeds])
-    keep = np.isin(wlab0, ids[ids > 0])
-    wt0 &= keep
-    et &= keep
-    info["enhancing"] = bool(et.any())
-
-    ncr = np.zeros_like(m)
-    if et.any():
-        # ---- 4. necrosis ---------------------------------------------------------------
-        b = _bbox(et, int(np.ceil(cfg.core_close_mm / min(spacing))) + 2)
-        closed = ndi.binary_closing(et[b], structure=_ball(cfg.core_close_mm, spacing))
-        core = _fill_holes_all_axes(closed | et[b])
-        ncr[b] = core
-        ncr &= ~et & m
-        # specks enclosed by the rim (voxels just under the threshold) are part of the rim
-        small = ncr & ~_remove_small(ncr, cfg.min_et_mm3, vv)
-        et |= small
-        ncr &= ~small
-
-    # ---- 5. clean-up -------------------------------------------------------------------
-    wt = wt0 | et | ncr
-    filled = fill_holes_nd(wt)
-    holes = filled & ~wt
-    csf_like = f["flair"] < cfg.csf_flair_z
-    wt = (wt | (holes & ~csf_like)) & m
-    # drop islands that do not touch a detected lesion
-    wlab, _ = ndi.label(wt, structure=_FULL)
-    ids = np.unique(wlab[seeds])
-    wt = np.isin(wlab, ids[ids > 0])
+    # ---- 3. hard labels ------------------------------------------------------------------
+    mb = mix.box
+    Q = mix.posteriors
+    cls = mix.classes
+    arg = np.argmax(Q, axis=0)
+    inb = m[mb]
+    lab_b = {c: (arg == cls.index(c)) & inb for c in TUMOR_LABELS.values() if c in cls}
+    et = lab_b.get("ET", np.zeros(inb.shape, bool))
+    et = _remove_small(et, cfg.min_et_mm3, vv)
+    tum = np.zeros(inb.shape, bool)
+    for c in lab_b.values():
+        tum |= c
+    core = enclosed_core(et, inb, spacing, cfg.core_close_mm, cfg.core_cap_mm) if et.any() else np.zeros_like(et)
+    tum |= core
+    # a FLAIR-dark / T1c-dark core enclosed by the tumor is necrosis, not CSF
+    encl = enclosed_blobs(_remove_small(tum, cfg.min_et_mm3, vv), inb, spacing, cfg.core_close_mm, cfg.core_cap_mm, 3.0)
+    core |= encl & (arg < len(HEALTHY))
+    tum |= core
+    # whole tumor: the tumor voxels connected to a detected lesion
+    sb = seeds[mb]
+    # the body (edema, core) connected to a lesion without bridging through enhancement; enhancing
+    # islands count only where they touch that body (enhancing vessels, dura and choroid plexus
+    # that merely chain to the tumor do not)
+    body = tum & ~et
+    bl, _ = ndi.label(body | sb, structure=_FULL)
+    ids = np.unique(bl[sb])
+    body = np.isin(bl, ids[ids > 0]) & inb
+    el, ne = ndi.label(et, structure=_FULL)
+    if ne:
+        touch = np.unique(el[_dilate_mm(body, cfg.et_touch_mm, spacing) & et])
+        et = np.isin(el, touch[touch > 0])
+    wl, _ = ndi.label(body | et, structure=_FULL)
+    ids = np.unique(wl[sb])
+    wt = np.isin(wl, ids[ids > 0]) & inb
     wt = _remove_small(wt, cfg.min_island_mm3, vv)
     et &= wt
-    ncr &= wt
-    sub_lab = np.zeros(m.shape, np.uint8)
     if "t1c" in f:
-        sub_lab[wt] = ED
-        sub_lab[ncr] = NCR
-        sub_lab[et] = ET
+        ncr = (lab_b.get("NCR", np.zeros_like(wt)) | core) & wt & ~et
     else:
-        sub_lab[wt] = ED
-    labels[box] = sub_lab
+        ncr = np.zeros_like(wt)
+    sub_lab = np.zeros(inb.shape, np.uint8)
+    sub_lab[wt] = ED
+    sub_lab[ncr] = NCR
+    sub_lab[et] = ET
+    full = np.zeros(m.shape, np.uint8)
+    full[mb] = sub_lab
+    labels[box] = full
+    kept = [i for i in lesions if np.any(wt & (lab[mb] == i))]
+    for rec, i in zip([r for r in lesion_info if r["status"] == "candidate"], lesions):
+        rec["status"] = "tumor" if i in kept else "rejected: no tumor class found around it"
+    info["enhancing"] = bool(et.any())
     info["tumor_found"] = bool(wt.any())
     info["n_lesions"] = len(kept)
-    info["decision"] = f"tumor: {len(kept)} FLAIR-hyperintense lesion(s) of at least {cfg.min_tumor_ml:g} mL"
+    info["decision"] = (
+        f"tumor: {len(kept)} FLAIR-hyperintense lesion(s) of at least {cfg.min_tumor_ml:g} mL, "
+        f"classes {', '.join(c for c in cls if c in TUMOR_LABELS.values())} fitted with the healthy mixture"
+    )
+    if want_probabilities:
+        probs = {}
+        for c in TUMOR_LABELS.values():
+            pm = np.zeros(mask.shape, np.float32)
+            if c in cls:
+                sub = np.zeros(m.shape, np.float32)
+                sub[mb] = Q[cls.index(c)]
+                pm[box] = sub
+            probs[c] = pm
+        ent = np.zeros(mask.shape, np.float32)
+        qq = np.clip(Q, 1e-12, 1.0)
+        e = -(Q * np.log(qq)).sum(0)
+        sub = np.zeros(m.shape, np.float32)
+        sub[mb] = np.where(inb, e, 0.0)
+        ent[box] = sub
+        probs["entropy"] = ent
+        return _finish(labels, probs)
     return _finish(labels)
+
+
+def _signature_init(f, m, reach, seeds, healthy, mods, cfg):
+    """Voxels whose signature starts each tumor class, and the classes the modalities support."""
+    H = healthy["means"]
+    sd = np.sqrt(np.stack([np.diag(c) for c in healthy["covs"]]))
+    CSF_, GM_, WM_ = 0, 1, 2
+    j = {k: i for i, k in enumerate(mods)}
+    X = np.stack([f[k] for k in mods], axis=0)
+    # outlier of every healthy class (Mahalanobis)
+    d2 = np.full(m.shape, np.inf, np.float32)
+    for k in range(3):
+        P = np.linalg.inv(healthy["covs"][k])
+        D = X - H[k][:, None, None, None]
+        d2 = np.minimum(d2, np.einsum("i...,ij,j...->...", D, P, D))
+    out = (d2 > 13.8) & reach & m
+    init: dict[str, np.ndarray] = {}
+    tcls = []
+    bright = np.zeros(m.shape, bool)
+    if "flair" in j:
+        fl = f["flair"]
+        bright = fl > H[GM_, j["flair"]] + 2.5 * sd[GM_, j["flair"]]
+        tcls.append("ED")
+    enh = np.zeros(m.shape, bool)
+    if "t1c" in j:
+        if "t1" in j:
+            e = f["t1c"] - f["t1"]
+            he = H[:, j["t1c"]] - H[:, j["t1"]]
+            hs = np.sqrt(sd[:, j["t1c"]] ** 2 + sd[:, j["t1"]] ** 2)
+            enh = e > (he + 3.0 * hs)[GM_:].max()
+        else:
+            enh = f["t1c"] > (H[:, j["t1c"]] + 3.0 * sd[:, j["t1c"]])[GM_:].max()
+        dark = f["t1c"] < H[GM_, j["t1c"]] - 2.0 * sd[GM_, j["t1c"]]
+        if "flair" in j:
+            notcsf = f["flair"] > H[CSF_, j["flair"]] + 3.0 * sd[CSF_, j["flair"]]
+        else:
+            notcsf = f["t1c"] > H[CSF_, j["t1c"]] + 3.0 * sd[CSF_, j["t1c"]]
+        init["ET"] = enh & out
+        init["NCR"] = dark & notcsf & out & ~enh
+        tcls += ["ET", "NCR"]
+    if "flair" in j:
+        init["ED"] = ((bright & out) | seeds) & ~enh & ~init.get("NCR", np.zeros(m.shape, bool))
+    # signature gates (soft, logistic over half an SD): edema is FLAIR-brighter than healthy GM,
+    # enhancing tumor brighter on T1c (T1c - T1) than healthy GM and WM, the core darker on T1c than GM
+    gate: dict[str, np.ndarray] = {}
+
+    def _sig(x, t, s):
+        return (1.0 / (1.0 + np.exp(-(x - t) / max(s, 1e-3)))).astype(np.float32)
+
+    if "flair" in j:
+        jf = j["flair"]
+        gate["ED"] = _sig(f["flair"], H[GM_, jf] + cfg.ed_gate_sd * sd[GM_, jf], 0.5 * sd[GM_, jf])
+    if "t1c" in j:
+        jc = j["t1c"]
+        if "t1" in j:
+            gate["ET"] = _sig(e, float((he + cfg.et_gate_sd * hs)[GM_:].max()), 0.5 * float(hs[GM_:].min()))
+        else:
+            gate["ET"] = _sig(f["t1c"], float((H[:, jc] + cfg.et_gate_sd * sd[:, jc])[GM_:].max()), 0.5 * float(sd[GM_:, jc].min()))
+        gate["NCR"] = _sig(-f["t1c"], -(H[GM_, jc] - 0.5 * sd[GM_, jc]), 0.5 * sd[GM_, jc])
+    return init, [c for c in TUMOR_LABELS.values() if c in tcls], gate

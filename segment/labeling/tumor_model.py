@@ -1,0 +1,525 @@
+"""Healthy + tumor Gaussian mixture with a latent spatial tumor prior and an MRF.
+
+The model of :func:`fit_tumor_mixture` (after Prastawa et al. 2004 and Menze et al. 2010/2016):
+
+* **Healthy classes** CSF, GM, WM: one full-covariance Gaussian each over all modalities
+  present, fitted by EM on the brain *outside* the region where a tumor may lie, so the tumor
+  cannot pull them. Their per-voxel mixing weights are a prior array (e.g. warped atlas
+  probabilities), flat (the fitted global weights) when none is given.
+* **Tumor classes** ED (edema), ET (enhancing), NCR (necrotic / cystic / non-enhancing core):
+  Gaussians started from the voxels whose *signature* fits them (relative to the healthy WM and
+  GM: FLAIR/T2 above GM -> edema; T1c above WM, or T1c - T1 above healthy -> enhancing; T1c
+  below GM and not CSF-like, or inside the enhancing rim -> core), then re-estimated by EM.
+  They only exist where the latent tumor prior ``alpha`` is positive: ``alpha`` starts flat
+  (``alpha0``) inside the reach region, 0 elsewhere, and is re-estimated each iteration as the
+  smoothed tumor posterior (the latent atlas of Menze et al.), clipped to ``[alpha_min,
+  alpha_max]``.
+* **Enclosed core.** A core enclosed by enhancement (ET closed, its holes filled in 3-D and per
+  slice; the brain surface caps a rim that reaches it) cannot be healthy tissue or edema: its
+  prior is given to ET and NCR only. This is what turns a FLAIR-dark, CSF-like cyst inside an
+  enhancing rim into necrosis.
+* **MRF.** A mean-field Potts term couples each voxel's class with its 26 neighbours' current
+  posteriors (weight ``beta``).
+
+Class names are fixed by the signature each class was started from and checked afterwards by
+:func:`name_tumor_classes` (ET = the most enhancing, NCR = the darkest on T1c, ED = the rest); no
+name depends on an index or on the seed. Everything is deterministic: the only random step, the
+subsample of healthy voxels used to fit the healthy Gaussians, is drawn from ``seed``.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import math
+
+import numpy as np
+from numba import njit, prange
+from scipy import ndimage as ndi
+
+from .mrf import _mean_field
+
+__all__ = [
+    "HEALTHY",
+    "TUMOR",
+    "fit_healthy",
+    "name_healthy_classes",
+    "name_tumor_classes",
+    "TumorMixtureResult",
+    "fit_tumor_mixture",
+]
+
+HEALTHY = ("CSF", "GM", "WM")
+TUMOR = ("NCR", "ED", "ET")
+
+#: Sign of each modality in the CSF-likeness and the WM-vs-GM scores used to name healthy classes.
+_CSF_SIGN = {"t1": -1.0, "t1c": -1.0, "t2": 1.0, "flair": -1.0}
+_WM_SIGN = {"t1": 1.0, "t1c": 1.0, "t2": -1.0, "flair": -1.0}
+
+
+# --------------------------------------------------------------------------- Gaussians
+
+
+def _logpdf(X: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """Log density of N(mean, cov) at the rows of X (float64 out)."""
+    d = X.shape[1]
+    L = np.linalg.cholesky(cov)
+    Linv = np.linalg.inv(L).astype(X.dtype)
+    Z = (X - mean.astype(X.dtype)) @ Linv.T  # (N, d)
+    maha = np.einsum("ij,ij->i", Z, Z)
+    logdet = 2.0 * np.log(np.diag(L)).sum()
+    return -0.5 * (d * np.log(2 * np.pi) + logdet + maha)
+
+
+def _moments(X: np.ndarray, w: np.ndarray, reg: float) -> tuple[np.ndarray, np.ndarray]:
+    s = float(w.sum())
+    if s <= 0:
+        raise ValueError("empty class")
+    mu = (w @ X) / s
+    D = X - mu
+    cov = (D.T * w) @ D / s
+    cov = 0.5 * (cov + cov.T) + reg * np.eye(X.shape[1])
+    return mu, cov
+
+
+def name_healthy_classes(means: np.ndarray, modalities: Sequence[str]) -> list[int]:
+    """Indices of the CSF, GM and WM components among three healthy means, by signature.
+
+    CSF is the component with the highest CSF-likeness (dark on FLAIR, T1 and T1c, bright on
+    T2); of the other two, WM is the one with the higher WM score (bright on T1/T1c, dark on
+    T2/FLAIR). Independent of the components' order.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> m = np.array([[0.5, -0.2], [-3.0, -2.5], [-0.3, 0.4]])  # flair, t1c
+    >>> name_healthy_classes(m, ["flair", "t1c"])  # CSF, GM, WM
+    [1, 0, 2]
+    """
+    c = np.array([_CSF_SIGN[m] for m in modalities])
+    g = np.array([_WM_SIGN[m] for m in modalities])
+    csf = int(np.argmax(means @ c))
+    rest = [k for k in range(len(means)) if k != csf]
+    wm = max(rest, key=lambda k: float(means[k] @ g))
+    gm = [k for k in rest if k != wm][0]
+    return [csf, gm, wm]
+
+
+def name_tumor_classes(means: Mapping[str, np.ndarray], modalities: Sequence[str], wm: np.ndarray) -> dict[str, str]:
+    """Rename fitted tumor classes by signature: returns {current name: signature name}.
+
+    ET is the class most enhancing over healthy WM (T1c - T1 when T1 exists, else T1c); of the
+    others NCR is the darker on T1c (T1 when T1c is absent), ED the brighter on FLAIR. Classes
+    that are absent keep their names. Independent of the order of ``means``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> m = {"NCR": np.array([2.0, 2.0]), "ED": np.array([1.5, -1.0]), "ET": np.array([2.5, 0.0])}
+    >>> sorted(name_tumor_classes(m, ["flair", "t1c"], np.array([0.0, 0.0])).items())
+    [('ED', 'NCR'), ('ET', 'ED'), ('NCR', 'ET')]
+    """
+    mods = list(modalities)
+    names = sorted(means)  # alphabetical: the result never depends on the dict's order
+    if len(names) <= 1:
+        return {n: n for n in names}
+
+    def enh(v):
+        if "t1c" in mods and "t1" in mods:
+            return (v[mods.index("t1c")] - wm[mods.index("t1c")]) - (v[mods.index("t1")] - wm[mods.index("t1")])
+        if "t1c" in mods:
+            return v[mods.index("t1c")] - wm[mods.index("t1c")]
+        return -np.inf
+
+    out: dict[str, str] = {}
+    rest = list(names)
+    if "ET" in means and "t1c" in mods:
+        et = max(rest, key=lambda n: (enh(means[n]), n))
+        out[et] = "ET"
+        rest.remove(et)
+    if len(rest) == 2 and "NCR" in means and "ED" in means:
+        dark = "t1c" if "t1c" in mods else ("t1" if "t1" in mods else None)
+        if dark is not None:
+            j = mods.index(dark)
+            ncr = min(rest, key=lambda n: (means[n][j], n))
+        else:
+            j = mods.index("flair")
+            ncr = min(rest, key=lambda n: (means[n][j], n))
+        out[ncr] = "NCR"
+        rest.remove(ncr)
+        out[rest[0]] = "ED"
+    else:
+        for n in rest:
+            out[n] = n
+    return out
+
+
+def fit_healthy(
+    X: np.ndarray, modalities: Sequence[str], *, seed: int = 0, max_samples: int = 60_000, iterations: int = 40,
+    reg: float = 1e-3, trim: float = 0.05,
+) -> dict[str, object]:
+    """Three-Gaussian EM on healthy brain voxels; returns means, covs and weights as CSF, GM, WM.
+
+    Started from signatures (CSF = the 12 % most CSF-like voxels, the rest split at the median of
+    the WM score), so neither the result nor the names depend on a random start. At most
+    ``max_samples`` rows (a seeded subsample) are used.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    if X.shape[0] > max_samples:
+        rng = np.random.default_rng(seed)
+        X = X[np.sort(rng.choice(X.shape[0], max_samples, replace=False))]
+    c = X @ np.array([_CSF_SIGN[m] for m in modalities])
+    g = X @ np.array([_WM_SIGN[m] for m in modalities])
+    csf0 = c >= np.quantile(c, 0.88)
+    gmed = np.median(g[~csf0])
+    R = np.stack([csf0, ~csf0 & (g < gmed), ~csf0 & (g >= gmed)], axis=1).astype(np.float64)
+    means = np.zeros((3, X.shape[1]))
+    covs = np.zeros((3, X.shape[1], X.shape[1]))
+    w = R.mean(0)
+    prev = -np.inf
+    for _ in range(iterations):
+        for k in range(3):
+            means[k], covs[k] = _moments(X, R[:, k], reg)
+        w = np.maximum(R.mean(0), 1e-6)
+        logp = np.stack([np.log(w[k]) + _logpdf(X, means[k], covs[k]) for k in range(3)], axis=1)
+        mx = logp.max(1, keepdims=True)
+        lse = mx[:, 0] + np.log(np.exp(logp - mx).sum(1))
+        R = np.exp(logp - lse[:, None])
+        if trim > 0:  # trimmed EM: the least likely voxels (outliers, tails) do not shape the classes
+            R[lse < np.quantile(lse, trim)] = 0.0
+        ll = float(lse.mean())
+        if ll - prev < 1e-6:
+            break
+        prev = ll
+    order = name_healthy_classes(means, modalities)
+    return {"means": means[order], "covs": covs[order], "weights": w[order] / w[order].sum(), "loglik": prev}
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def _ball(radius_mm: float, spacing) -> np.ndarray:
+    r = [max(int(np.floor(radius_mm / s)), 0) for s in spacing]
+    grids = np.meshgrid(*[np.arange(-ri, ri + 1) * s for ri, s in zip(r, spacing)], indexing="ij")
+    return sum(q * q for q in grids) <= radius_mm * radius_mm + 1e-6
+
+
+def _fill_all_axes(mask: np.ndarray) -> np.ndarray:
+    out = ndi.binary_fill_holes(mask)
+    for ax in range(3):
+        for i in np.flatnonzero(out.any(axis=tuple(a for a in range(3) if a != ax))):
+            sl = [slice(None)] * 3
+            sl[ax] = i
+            sl = tuple(sl)
+            out[sl] |= ndi.binary_fill_holes(out[sl])
+    return out
+
+
+def enclosed_core(et: np.ndarray, brain: np.ndarray, spacing, close_mm: float, cap_mm: float) -> np.ndarray:
+    """Voxels enclosed by the enhancing rim ``et`` (not ET themselves), within ``brain``.
+
+    ET is closed with a ball of ``close_mm``; where the rim reaches the brain surface, the
+    outside of the brain within ``cap_mm`` of ET closes it (a cyst at the cortex is enclosed by
+    its rim and the surface). Holes are filled in 3-D and in every slice along each axis.
+    """
+    if not et.any():
+        return np.zeros_like(et)
+    pad = int(np.ceil(max(close_mm, cap_mm) / min(spacing))) + 2
+    idx = np.nonzero(et)
+    box = tuple(slice(max(int(i.min()) - pad, 0), min(int(i.max()) + pad + 1, n)) for i, n in zip(idx, et.shape))
+    e = et[box]
+    b = brain[box]
+    near = ndi.distance_transform_edt(~e, sampling=spacing) <= cap_mm
+    wall = ndi.binary_closing(e, structure=_ball(close_mm, spacing)) | e | (near & ~b)
+    core = _fill_all_axes(wall) & ~e & b
+    core &= ~(near & ~b)
+    out = np.zeros_like(et)
+    out[box] = core
+    return out
+
+
+def enclosed_blobs(tumor: np.ndarray, brain: np.ndarray, spacing, close_mm: float, cap_mm: float,
+                   blob_mm: float) -> np.ndarray:
+    """The thick parts of what ``tumor`` encloses (see :func:`enclosed_core`): opened with a
+    ball of ``blob_mm`` (at least one voxel), so a cyst inside edema counts and the thin sheets
+    of sulcal CSF or a few-voxel gap do not."""
+    enc = enclosed_core(tumor, brain, spacing, close_mm, cap_mm)
+    if not enc.any():
+        return enc
+    r = max(blob_mm, 1.01 * min(spacing))
+    ball = _ball(r, spacing)
+    return ndi.binary_opening(enc, structure=ball) & enc
+
+
+# --------------------------------------------------------------------------- the joint model
+
+
+@dataclass
+class TumorMixtureResult:
+    """Posteriors (K, X, Y, Z) over ``classes`` inside ``box``, plus parameters and flags."""
+
+    classes: list[str]
+    posteriors: np.ndarray  # float32, (K,) + box shape, sums to 1 over K inside the brain
+    box: tuple[slice, ...]
+    means: dict[str, list[float]]
+    info: dict[str, object] = field(default_factory=dict)
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def _unary(X, means, linv, logdet, logprior, out):
+    """out[i, k] = log N(X[i]; means[k], (L L^T)) + logprior[i, k] for every voxel and class."""
+    n, d = X.shape
+    K = means.shape[0]
+    c0 = -0.5 * d * math.log(2.0 * math.pi)
+    for i in prange(n):
+        z = np.empty(d, np.float64)
+        for k in range(K):
+            for a in range(d):
+                z[a] = X[i, a] - means[k, a]
+            m = 0.0
+            for a in range(d):
+                t = 0.0
+                for b in range(a + 1):
+                    t += linv[k, a, b] * z[b]
+                m += t * t
+            out[i, k] = np.float32(c0 - 0.5 * logdet[k] - 0.5 * m + logprior[i, k])
+
+
+@njit(cache=True)
+def _weighted_moments(X, Q, cols):
+    """Sum of weights, weighted means and covariances of X for the classes ``cols`` of Q."""
+    n, d = X.shape
+    K = cols.shape[0]
+    s0 = np.zeros(K)
+    s1 = np.zeros((K, d))
+    s2 = np.zeros((K, d, d))
+    for i in range(n):
+        for kk in range(K):
+            w = Q[i, cols[kk]]
+            if w <= 0:
+                continue
+            s0[kk] += w
+            for a in range(d):
+                s1[kk, a] += w * X[i, a]
+                for b in range(a + 1):
+                    s2[kk, a, b] += w * X[i, a] * X[i, b]
+    mu = np.zeros((K, d))
+    cov = np.zeros((K, d, d))
+    for kk in range(K):
+        if s0[kk] <= 0:
+            continue
+        for a in range(d):
+            mu[kk, a] = s1[kk, a] / s0[kk]
+        for a in range(d):
+            for b in range(a + 1):
+                v = s2[kk, a, b] / s0[kk] - mu[kk, a] * mu[kk, b]
+                cov[kk, a, b] = v
+                cov[kk, b, a] = v
+    return s0, mu, cov
+
+
+def _smooth_in(a: np.ndarray, brain: np.ndarray, sigma_mm: float, spacing) -> np.ndarray:
+    sig = [sigma_mm / s for s in spacing]
+    bf = brain.astype(np.float32)
+    num = ndi.gaussian_filter(a * bf, sig, mode="constant", truncate=2.5)
+    den = ndi.gaussian_filter(bf, sig, mode="constant", truncate=2.5)
+    out = np.zeros_like(num)
+    np.divide(num, den, out=out, where=den > 1e-3)
+    return out
+
+
+def fit_tumor_mixture(
+    features: Mapping[str, np.ndarray],
+    brain: np.ndarray,
+    reach: np.ndarray,
+    spacing,
+    *,
+    healthy: Mapping[str, object],
+    healthy_prior: np.ndarray | None = None,
+    tumor_classes: Sequence[str] = TUMOR,
+    init: Mapping[str, np.ndarray] | None = None,
+    gate: Mapping[str, np.ndarray] | None = None,
+    alpha0: float = 0.5,
+    alpha_min: float = 0.02,
+    alpha_max: float = 0.95,
+    alpha_smooth_mm: float = 2.0,
+    beta: float = 0.3,
+    iterations: int = 10,
+    core_rounds: int = 1,
+    close_mm: float = 3.0,
+    cap_mm: float = 4.0,
+    blob_mm: float = 3.0,
+    min_et_mm3: float = 50.0,
+    reg: float = 1e-2,
+) -> TumorMixtureResult:
+    """EM over healthy (fixed) and tumor (estimated) classes inside the bounding box of ``reach``.
+
+    Parameters
+    ----------
+    features : mapping of str to ndarray of shape (X, Y, Z)
+        Normalised modalities (canonical order is taken from ``healthy["modalities"]``).
+    brain, reach : ndarray of shape (X, Y, Z), bool
+        Brain mask; where tumor classes may exist (their prior is 0 outside).
+    healthy : mapping
+        Output of :func:`fit_healthy` (CSF, GM, WM) plus ``modalities``.
+    healthy_prior : ndarray of shape (X, Y, Z, 3), optional
+        Per-voxel CSF/GM/WM prior probabilities (on the same grid); flat (the fitted weights)
+        when None.
+    tumor_classes : sequence of str
+        Subset of ``NCR``, ``ED``, ``ET`` the modalities support.
+    init : mapping of str to bool ndarray of shape (X, Y, Z)
+        Voxels whose signature starts each tumor class.
+    gate : mapping of str to float ndarray of shape (X, Y, Z), optional
+        Per-voxel factor in [0, 1] of each tumor class's prior: how well the voxel fits the
+        class's signature (e.g. FLAIR above GM for edema); it keeps a class from drifting onto
+        healthy tissue. Not applied inside an enclosed core for NCR.
+    alpha0, alpha_min, alpha_max, alpha_smooth_mm
+        Latent tumor prior: start value inside ``reach``, clipping range and smoothing (mm)
+        of the tumor posterior that re-estimates it.
+    beta : float
+        MRF weight (per neighbour, times 1 / distance in mm; 6-neighbourhood, red-black mean
+        field as in :mod:`segment.labeling.mrf`).
+    iterations, core_rounds
+        EM iterations per round; rounds after the first give the enclosed core to ET/NCR.
+    """
+    mods = list(healthy["modalities"])
+    pad = 2
+    idx = np.nonzero(reach)
+    box = tuple(slice(max(int(i.min()) - pad, 0), min(int(i.max()) + pad + 1, n)) for i, n in zip(idx, reach.shape))
+    b = brain[box]
+    r = reach[box] & b
+    X = np.ascontiguousarray(np.stack([np.asarray(features[m][box], dtype=np.float64)[b] for m in mods], axis=1))
+    n, d = X.shape
+    classes = list(HEALTHY) + [c for c in TUMOR if c in tumor_classes]
+    nh = len(HEALTHY)
+    if healthy_prior is not None:
+        hp = np.asarray(healthy_prior, dtype=np.float64)[box][b]
+        hp = np.clip(hp, 1e-4, None)
+        hp /= hp.sum(1, keepdims=True)
+    else:
+        hp = np.broadcast_to(np.asarray(healthy["weights"], dtype=np.float64), (n, nh))
+    means: dict[str, np.ndarray] = {}
+    covs: dict[str, np.ndarray] = {}
+    tw: dict[str, float] = {}
+    info: dict[str, object] = {"flags": []}
+    init = init or {}
+    for c in list(classes[nh:]):
+        sel = init.get(c)
+        sel = sel[box][b] if sel is not None else np.zeros(n, bool)
+        if np.count_nonzero(sel) < max(10, d + 2):
+            classes.remove(c)
+            info["flags"].append(f"tumor class {c}: too few voxels with its signature, not modelled")
+            continue
+        means[c], covs[c] = _moments(X[sel], np.ones(int(sel.sum())), reg)
+        tw[c] = float(sel.sum())
+    K = len(classes)
+    tcls = classes[nh:]
+    idxmap = np.full(b.shape, -1, np.int32)
+    idxmap[b] = np.arange(n, dtype=np.int32)
+    w_axes = np.array([1.0 / s for s in spacing])
+    if not tcls:
+        Q = np.zeros((K,) + b.shape, np.float32)
+        Q[:, b] = (hp / hp.sum(1, keepdims=True)).T
+        return TumorMixtureResult(classes, Q, box, {}, info)
+    s = sum(tw.values())
+    tw = {c: v / s for c, v in tw.items()}
+    gates = {c: (np.asarray(gate[c], dtype=np.float64)[box][b] if gate and c in gate else np.ones(n)) for c in tcls}
+    alpha = np.where(r, alpha0, 0.0).astype(np.float32)
+    sig_a = [alpha_smooth_mm / sp for sp in spacing]
+    den_a = ndi.gaussian_filter(b.astype(np.float32), sig_a, mode="constant", truncate=2.0)
+    core = np.zeros(b.shape, bool)
+    core_wt = np.zeros(b.shape, bool)
+    vv = float(np.prod(spacing))
+    hmeans = np.asarray(healthy["means"], dtype=np.float64)
+    hcovs = np.asarray(healthy["covs"], dtype=np.float64)
+    q = np.empty((n, K), np.float32)
+    unary = np.empty((n, K), np.float32)
+    history = []
+    rounds = core_rounds + 1
+    for it in range(iterations * rounds):
+        allm = np.concatenate([hmeans, np.stack([means[c] for c in tcls])])
+        allc = np.concatenate([hcovs, np.stack([covs[c] for c in tcls])])
+        L = np.linalg.cholesky(allc)
+        linv = np.ascontiguousarray(np.linalg.inv(L))
+        logdet = 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum(1)
+        a = alpha[b].astype(np.float64)
+        prior = np.empty((n, K))
+        prior[:, :nh] = (1.0 - a)[:, None] * hp
+        for j, c in enumerate(tcls):
+            prior[:, nh + j] = a * tw[c] * gates[c]
+        incore = core[b]
+        if incore.any():  # enclosed by enhancement: only ET or NCR, whatever their signature
+            for j, c in enumerate(classes):
+                if c not in ("ET", "NCR"):
+                    prior[incore, j] = 0.0
+                elif c == "NCR":
+                    prior[incore, j] = a[incore] * tw[c]
+        inwt = core_wt[b]
+        if inwt.any():  # enclosed by tumor: tumor classes only (a dark core there is NCR)
+            prior[inwt, :nh] = 0.0
+            if "NCR" in tcls:
+                prior[inwt, classes.index("NCR")] = a[inwt] * tw["NCR"]
+        logprior = np.where(prior > 0, np.log(np.maximum(prior, 1e-30)), -1e4)
+        _unary(X, allm, linv, logdet, logprior, unary)
+        if it == 0:
+            mx = unary.max(1, keepdims=True)
+            q[:] = np.exp(unary - mx)
+            q /= q.sum(1, keepdims=True)
+        if beta > 0:
+            _mean_field(idxmap, unary, q, w_axes, float(beta), 1)
+        else:
+            mx = unary.max(1, keepdims=True)
+            q[:] = np.exp(unary - mx)
+            q /= q.sum(1, keepdims=True)
+        # M-step: tumor parameters only
+        s0, mu, cv = _weighted_moments(X, q, np.arange(nh, K, dtype=np.int64))
+        for j, c in enumerate(tcls):
+            if s0[j] * vv >= 1000.0 * 0.05:  # keep a class's last parameters below 0.05 mL
+                means[c] = mu[j]
+                covs[c] = cv[j] + reg * np.eye(d)
+        tot = float(s0.sum())
+        if tot > 0:
+            tw = {c: max(float(s0[j]) / tot, 1e-3) for j, c in enumerate(tcls)}
+        qt = np.zeros(b.shape, np.float32)
+        qt[b] = q[:, nh:].sum(1)
+        num = ndi.gaussian_filter(qt, sig_a, mode="constant", truncate=2.0)
+        sm = np.zeros_like(num)
+        np.divide(num, den_a, out=sm, where=den_a > 1e-3)
+        alpha = np.where(r, np.clip(sm, alpha_min, alpha_max), 0.0)
+        alpha = alpha.astype(np.float32)
+        history.append(round(float(qt.sum() * vv / 1000.0), 2))
+        if (it + 1) % iterations == 0 and it + 1 < iterations * rounds:
+            lab = np.argmax(q, 1)
+            tum = np.zeros(b.shape, bool)
+            tum[b] = lab >= nh
+            tum = _remove_small(tum, min_et_mm3, vv)
+            if "ET" in tcls:
+                et = np.zeros(b.shape, bool)
+                et[b] = lab == classes.index("ET")
+                et = _remove_small(et, min_et_mm3, vv)
+                core = enclosed_core(et, b, spacing, close_mm, cap_mm) & r
+            core_wt = enclosed_blobs(tum, b, spacing, close_mm, cap_mm, blob_mm) & r & ~core
+    rename = name_tumor_classes(means, mods, hmeans[2])
+    if any(k != v for k, v in rename.items()):
+        info["flags"].append(f"tumor classes renamed by signature after the fit: {rename}")
+        classes = [rename.get(c, c) for c in classes]
+        means = {rename.get(k, k): v for k, v in means.items()}
+    Q = np.zeros((K,) + b.shape, np.float32)
+    Q[:, b] = q.T
+    info["tumor_ml_per_iteration"] = history
+    info["core_ml"] = round(float(core.sum() * vv / 1000.0), 2)
+    info["enclosed_by_tumor_ml"] = round(float(core_wt.sum() * vv / 1000.0), 2)
+    info["tumor_weights"] = {c: round(v, 3) for c, v in tw.items()}
+    return TumorMixtureResult(
+        classes, Q, box, {c: [round(float(x), 3) for x in v] for c, v in means.items()}, info
+    )
+
+
+def _remove_small(mask: np.ndarray, min_mm3: float, voxel_mm3: float) -> np.ndarray:
+    if min_mm3 <= 0 or not mask.any():
+        return mask
+    lab, n = ndi.label(mask, structure=np.ones((3, 3, 3), bool))
+    sizes = np.bincount(lab.ravel())
+    keep = sizes * voxel_mm3 >= min_mm3
+    keep[0] = False
+    return keep[lab]

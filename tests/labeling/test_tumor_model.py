@@ -1,0 +1,193 @@
+"""Tests of the healthy + tumor mixture (segment.labeling.tumor_model) and its use in segment_tumor.
+
+Small phantoms (48x56x48 at 4 mm) generated in code; no shared data.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from segment.config import Config, TumorConfig
+from segment.labeling.tumor import segment_tumor
+from segment.labeling.tumor_model import (
+    enclosed_core,
+    fit_healthy,
+    fit_tumor_mixture,
+    name_healthy_classes,
+    name_tumor_classes,
+)
+from segment.metrics import brats_regions, dice
+from segment.phantom import make_phantom
+from segment.preprocess.normalize import robust_zscore
+
+SHAPE = (48, 56, 48)
+SPACING = (4.0, 4.0, 4.0)
+_CACHE: dict = {}
+
+
+def _case(seed: int, tumor=True):
+    key = (seed, tumor)
+    if key not in _CACHE:
+        ph = make_phantom(seed, shape=SHAPE, spacing=SPACING, tumor=tumor, bias=0.0)
+        pp = Config().preprocess
+        feats = {
+            m: robust_zscore(v, ph.brain_mask, lower_percentile=pp.lower_percentile,
+                             upper_percentile=pp.upper_percentile)
+            for m, v in ph.images.items()
+        }
+        _CACHE[key] = (ph, feats)
+    return _CACHE[key]
+
+
+def test_name_tumor_classes_is_order_invariant():
+    mods = ["t1", "t1c", "t2", "flair"]
+    wm = np.array([0.6, 0.5, -0.5, -0.2])
+    truth = {"ET": np.array([-0.6, 1.5, 1.0, 3.0]),   # enhances on T1c - T1
+             "NCR": np.array([-1.6, -1.5, 1.5, 0.4]),  # dark on T1c
+             "ED": np.array([0.0, 0.0, 1.0, 4.5])}     # FLAIR bright, T1c normal
+    for perm in itertools.permutations(truth):
+        # give the classes wrong names in every order: the signatures must put them right
+        wrong = {name: truth[sig] for name, sig in zip(perm, ("ET", "NCR", "ED"))}
+        ren = name_tumor_classes(wrong, mods, wm)
+        for name, sig in zip(perm, ("ET", "NCR", "ED")):
+            assert ren[name] == sig
+
+
+def test_name_healthy_classes_is_order_invariant():
+    mods = ["t1c", "flair"]
+    means = {"CSF": [-2.5, -3.2], "GM": [-0.2, 0.3], "WM": [0.3, -0.4]}
+    for perm in itertools.permutations(means):
+        arr = np.array([means[c] for c in perm])
+        idx = name_healthy_classes(arr, mods)
+        assert [perm[i] for i in idx] == ["CSF", "GM", "WM"]
+
+
+def test_fit_healthy_names_do_not_depend_on_row_order():
+    ph, feats = _case(0, tumor=False)
+    mods = ["t1", "t1c", "t2", "flair"]
+    X = np.stack([feats[m][ph.brain_mask] for m in mods], axis=1)
+    a = fit_healthy(X, mods, seed=0)
+    b = fit_healthy(X[::-1].copy(), mods, seed=0)
+    np.testing.assert_allclose(a["means"], b["means"], atol=1e-6)
+    # CSF darkest on T1, WM brightest
+    assert a["means"][0, 0] < a["means"][1, 0] < a["means"][2, 0]
+
+
+def test_posteriors_sum_to_one_with_healthy_classes():
+    ph, feats = _case(1)
+    mods = ["t1", "t1c", "t2", "flair"]
+    X = np.stack([feats[m][ph.brain_mask] for m in mods], axis=1)
+    healthy = fit_healthy(X, mods)
+    healthy["modalities"] = mods
+    reach = ph.tumor > 0
+    init = {"NCR": ph.tumor == 1, "ED": ph.tumor == 2, "ET": ph.tumor == 3}
+    res = fit_tumor_mixture(feats, ph.brain_mask, reach, SPACING, healthy=healthy, init=init, iterations=4)
+    assert res.classes[:3] == ["CSF", "GM", "WM"] and set(res.classes[3:]) == {"NCR", "ED", "ET"}
+    assert res.posteriors.dtype == np.float32
+    inb = ph.brain_mask[res.box]
+    s = res.posteriors.sum(0)
+    np.testing.assert_allclose(s[inb], 1.0, atol=1e-4)
+    assert (res.posteriors >= 0).all()
+    # outside the reach the tumor classes have no prior
+    out = inb & ~reach[res.box]
+    assert res.posteriors[3:, out].max() < 1e-3
+
+
+def test_segment_tumor_probabilities_and_entropy():
+    ph, feats = _case(1)
+    res = segment_tumor(feats, ph.brain_mask, ph.spacing, config=TumorConfig(), want_probabilities=True)
+    p = res.probabilities
+    assert set(p) == {"NCR", "ED", "ET", "entropy"}
+    for v in p.values():
+        assert v.dtype == np.float32 and v.shape == ph.brain_mask.shape
+    tot = p["NCR"] + p["ED"] + p["ET"]
+    assert tot.max() <= 1.0 + 1e-5 and tot.min() >= 0
+    assert (p["entropy"] >= -1e-6).all() and not p["entropy"][~ph.brain_mask].any()
+    # hard ET where the ET posterior dominates the other tumor classes (before clean-up)
+    et = res.labels == 3
+    assert et.any() and np.median(p["ET"][et]) > 0.5
+    assert res.info["volumes_ml"]["WT"] > 0
+
+
+def test_same_labels_for_any_seed_and_modality_order():
+    ph, feats = _case(3)
+    a = segment_tumor(feats, ph.brain_mask, ph.spacing, config=TumorConfig(), seed=0)
+    rev = {m: feats[m] for m in reversed(list(feats))}
+    b = segment_tumor(rev, ph.brain_mask, ph.spacing, config=TumorConfig(), seed=11)
+    np.testing.assert_array_equal(a.labels, b.labels)
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_healthy_phantom_stays_empty(seed):
+    ph, feats = _case(seed, tumor=False)
+    res = segment_tumor(feats, ph.brain_mask, ph.spacing, config=TumorConfig(), want_probabilities=True)
+    assert not res.labels.any()
+    assert res.info["tumor_found"] is False
+
+
+def test_subsets_give_their_regions():
+    ph, feats = _case(1)
+    g = brats_regions(ph.tumor)
+    fl = segment_tumor({"flair": feats["flair"]}, ph.brain_mask, ph.spacing, config=TumorConfig())
+    assert fl.regions == ["WT"]
+    assert set(np.unique(fl.labels)) <= {0, 2}
+    assert dice(brats_regions(fl.labels)["WT"], g["WT"]) >= 0.6  # measured 0.65 at 4 mm
+    two = segment_tumor({m: feats[m] for m in ("t1c", "flair")}, ph.brain_mask, ph.spacing, config=TumorConfig())
+    assert two.regions == ["WT", "TC", "ET"]
+    p = brats_regions(two.labels)
+    assert dice(p["WT"], g["WT"]) >= 0.7 and dice(p["ET"], g["ET"]) >= 0.5
+
+
+def test_cystic_core_is_necrosis_not_csf():
+    """A FLAIR-dark, CSF-like cyst inside an enhancing rim is labelled NCR (TC)."""
+    ph, feats = _case(1, tumor="cystic")
+    res = segment_tumor(feats, ph.brain_mask, ph.spacing, config=TumorConfig())
+    ncr_truth = ph.tumor == 1
+    assert ncr_truth.any()
+    # most of the cyst is tumor core (NCR or ET), none of it healthy
+    assert np.mean(np.isin(res.labels[ncr_truth], (1, 3))) >= 0.7
+
+
+def test_enclosed_core_closes_a_rim_open_at_the_surface():
+    brain = np.zeros((40, 40, 40), bool)
+    brain[5:35, 5:35, 5:35] = True
+    zz, yy, xx = np.mgrid[:40, :40, :40]
+    d = np.sqrt((xx - 20) ** 2 + (yy - 20) ** 2 + (zz - 31) ** 2)
+    rim = (d >= 6) & (d < 8) & brain  # a shell cut by the brain's top face
+    core = enclosed_core(rim, brain, (1.0, 1.0, 1.0), close_mm=2.0, cap_mm=4.0)
+    inside = (d < 6) & brain
+    assert core[inside].mean() > 0.9
+    assert not core[~brain].any() and not (core & rim).any()
+    # a closed shell deep in the brain is enclosed without any cap
+    d2 = np.sqrt((xx - 20) ** 2 + (yy - 20) ** 2 + (zz - 18) ** 2)
+    shell = (d2 >= 5) & (d2 < 7)
+    assert enclosed_core(shell, brain, (1.0, 1.0, 1.0), 2.0, 0.0)[d2 < 5].all()
+
+
+def test_pipeline_writes_tumor_posteriors(tmp_path):
+    import nibabel as nib
+
+    from segment.config import config_from_dict
+    from segment.phantom import write_phantom_case
+    from segment.pipeline import segment_case
+
+    ph = make_phantom(1, shape=SHAPE, spacing=SPACING, tumor=True)
+    case = write_phantom_case(tmp_path / "cases", ph, "t1")
+    out = tmp_path / "out"
+    segment_case(case, config_from_dict({"outputs": {"probabilities": True, "overlay": False}}), out)
+    lab = np.asarray(nib.load(str(out / "tumor.nii.gz")).dataobj)
+    maps = {n: np.asarray(nib.load(str(out / f"tumor_prob_{n}.nii.gz")).dataobj) for n in ("ncr", "ed", "et")}
+    ent = nib.load(str(out / "tumor_entropy.nii.gz"))
+    assert ent.get_data_dtype() == np.float32 and ent.shape == lab.shape
+    tot = sum(maps.values())
+    assert tot.max() <= 1.0 + 1e-5
+    assert lab.any() and np.median(tot[lab > 0]) > 0.5
+
+
+def test_no_tumor_gives_zero_posteriors():
+    ph, feats = _case(0, tumor=False)
+    res = segment_tumor(feats, ph.brain_mask, ph.spacing, config=TumorConfig(), want_probabilities=True)
+    assert set(res.probabilities) == {"NCR", "ED", "ET", "entropy"}
+    assert all(not v.any() for v in res.probabilities.values())
