@@ -90,7 +90,7 @@ def test_mask_only_by_default(head, tmp_path, capsys):
     path, _, _, _ = head
     assert main(["skullstrip", str(path), "--out", str(tmp_path / "p")]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p_mask.nii.gz"]
-    assert set(json.loads(capsys.readouterr().out)) == {"mask", "brain_volume_ml"}
+    assert set(json.loads(capsys.readouterr().out)) == {"mask", "brain_volume_ml", "flags"}
 
 
 def test_bad_output_is_refused_before_computing(head, tmp_path, capsys, monkeypatch):
