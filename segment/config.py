@@ -116,6 +116,11 @@ class MixtureConfig(_Strict):
         "by this much (and at least one voxel), so stripping errors at its edge do not pull the classes; "
         "every brain voxel is labelled",
     )
+    prior_weight: float = Field(
+        0.5, ge=0, le=1, description="weight of the registered ICBM 2009a tissue priors in the mixture: they "
+        "name the components, weight the E-step (mixing weight alpha_c * ((1 - w) + 3 w prior)) and the class "
+        "probabilities; 0: intensities alone (no priors)"
+    )
     max_samples: int | None = Field(
         None, ge=1000, description="several features: fit on a random subset of at most this many voxels (all "
         "are labelled); one feature is fitted on a 2048-bin histogram",

@@ -184,6 +184,7 @@ def fit_tissue_mixture(
     modalities: list[str],
     config: Config,
     fit_rows: np.ndarray | None = None,
+    priors: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
     """Fit the tissue GMM on brain voxels and return (labels 1..3, class probabilities, info).
 
@@ -194,6 +195,10 @@ def fit_tissue_mixture(
 
     fit_rows : ndarray of shape (n_voxels,), bool, optional
         Rows the mixture is fitted on (default all); every row is labelled.
+    priors : ndarray of shape (n_voxels, 3), optional
+        Warped atlas CSF/GM/WM probabilities of the rows (:mod:`segment.labeling.priors`). With
+        ``mixture.prior_weight > 0`` they name the components, weight the E-step of a class
+        mixture initialised from the plain one, and weight the final class probabilities.
 
     One feature with few distinct values (e.g. 8-bit images) is fitted exactly on its histogram
     of unique values with ``sample_weight``; otherwise on all voxels, or on a seeded random subset
@@ -260,6 +265,33 @@ def fit_tissue_mixture(
     info.setdefault("fit", f"all {n_fit} voxels of the fit region")
     gmm.fit(fit_x, sample_weight=weights)
     classes = name_tissue_components(gmm.means_, modalities)
+    use_priors = priors is not None and mc.prior_weight > 0
+    prior_fit = None
+    if use_priors:
+        from .labeling.priors import name_by_priors, prior_em
+
+        # a seeded subset of the fit rows: the class mixture has a handful of parameters
+        idx = np.flatnonzero(fit_rows)
+        if idx.size > PRIOR_SAMPLES:
+            idx = np.sort(np.random.default_rng(config.seed).choice(idx, size=PRIOR_SAMPLES, replace=False))
+        xs, ps = features[idx].astype(np.float64), priors[idx]
+        by_contrast = classes
+        classes, affinity = name_by_priors(gmm.predict_proba(xs), ps)
+        info["prior_affinity"] = np.round(affinity, 3).tolist()
+        if not np.array_equal(classes, by_contrast):
+            msg = ("tissue classes named by the atlas priors differ from the contrast rule "
+                   f"(components {[TISSUE_LABELS[int(c)] for c in classes]} by priors, "
+                   f"{[TISSUE_LABELS[int(c)] for c in by_contrast]} by contrast)")
+            log.warning(msg)
+            info.setdefault("flags", []).append(msg)
+        covs = _full_covariances(gmm)
+        w = gmm.weights_
+        m0 = np.stack([np.average(gmm.means_[classes == c], axis=0, weights=w[classes == c]) for c in (1, 2, 3)])
+        c0 = np.stack([np.average(covs[classes == c], axis=0, weights=w[classes == c]) for c in (1, 2, 3)])
+        prior_fit = prior_em(xs, ps, m0, c0, mc.prior_weight, reg_covar=max(mc.reg_covar, 1e-6))
+        info["prior_em"] = {"n_iter": int(prior_fit["n_iter"]), "weight": mc.prior_weight,
+                            "alpha": np.round(prior_fit["alpha"], 4).tolist(),
+                            "class_means": np.round(prior_fit["means"], 4).tolist()}
     if uniq is not None:
         predict_x = uniq[:, None].astype(np.float64)
     elif grid is not None:
@@ -269,10 +301,14 @@ def fit_tissue_mixture(
     if mc.partial_volume:
         from .mixture.partial_volume import PartialVolumeMixture
 
-        covs = _full_covariances(gmm)
-        w = gmm.weights_
-        means0 = np.stack([np.average(gmm.means_[classes == c], axis=0, weights=w[classes == c]) for c in (1, 2, 3)])
-        covs0 = np.stack([np.average(covs[classes == c], axis=0, weights=w[classes == c]) for c in (1, 2, 3)])
+        if prior_fit is not None:
+            means0, covs0 = prior_fit["means"], prior_fit["covariances"]
+        else:
+            covs = _full_covariances(gmm)
+            w = gmm.weights_
+            means0 = np.stack([np.average(gmm.means_[classes == c], axis=0, weights=w[classes == c])
+                               for c in (1, 2, 3)])
+            covs0 = np.stack([np.average(covs[classes == c], axis=0, weights=w[classes == c]) for c in (1, 2, 3)])
         # The partial-volume EM converges slowly (the pure means move a little each step), so
         # it runs to a tight tolerance; on one feature it is fitted on the same histogram as
         # the mixture, on several on a seeded subset, which fixes a handful of parameters as
@@ -302,13 +338,24 @@ def fit_tissue_mixture(
                    f"{max(info['partial_volume']['drift_sd']):.1f} SD > {PV_MAX_DRIFT:g})")
             log.warning(msg)
             info.setdefault("flags", []).append(msg)
-            probs = class_probabilities(gmm.predict_proba(predict_x), classes)
-    else:
+            probs = None if prior_fit is not None else class_probabilities(gmm.predict_proba(predict_x), classes)
+    elif prior_fit is None:
         probs = class_probabilities(gmm.predict_proba(predict_x), classes)
-    if uniq is not None:
-        probs = probs[inverse]
-    elif grid is not None:
-        probs = interp_rows(features[:, 0], grid, probs)
+    else:
+        probs = None
+    if probs is None:  # the class mixture with the priors gives the posteriors, voxel by voxel
+        from .labeling.priors import class_posteriors
+
+        probs = class_posteriors(features, priors, prior_fit, mc.prior_weight)
+    else:
+        if uniq is not None:
+            probs = probs[inverse]
+        elif grid is not None:
+            probs = interp_rows(features[:, 0], grid, probs)
+        if prior_fit is not None:  # the partial-volume fractions, weighted by where each class lies
+            from .labeling.priors import apply_priors
+
+            probs = apply_priors(probs, priors, mc.prior_weight)
     labels = (np.argmax(probs, axis=1) + 1).astype(np.uint8)
     info.update(
         n_iter=int(gmm.n_iter_),
@@ -320,6 +367,9 @@ def fit_tissue_mixture(
     )
     return labels, probs.astype(np.float32), info
 
+
+#: Voxels the class mixture with spatial priors is fitted on (a seeded subset of the fit region).
+PRIOR_SAMPLES = 100_000
 
 #: Voxels the mixture of the series covering a region outside another's field of view is fitted on.
 FOV_FIT_SAMPLES = 200_000
@@ -502,7 +552,18 @@ def run_pipeline(case: Case | LoadedCase | str | os.PathLike, config: Config | N
         fit_region = healthy  # a tiny or thin brain: use all of it
     X = np.stack([feats[m][healthy] for m in mods], axis=1).astype(np.float64)
     in_fit = fit_region[healthy]
-    labels, probs, mix_info = fit_tissue_mixture(X, mods, config, fit_rows=in_fit)
+    priors = None
+    reg = info.get("registration")
+    if config.mixture.prior_weight > 0:
+        if reg is not None and "registration_poor" not in (reg.flags or []):
+            from .labeling.priors import warp_tissue_priors
+
+            priors = warp_tissue_priors(reg, loaded.grid, healthy)
+        else:
+            fit_flags.append("tissue without atlas priors: " + (
+                "the template registration is poor" if reg is not None else "no template registration"))
+            log.warning("%s: %s", loaded.case.case_id, fit_flags[-1])
+    labels, probs, mix_info = fit_tissue_mixture(X, mods, config, fit_rows=in_fit, priors=priors)
     fov_flags = label_outside_fov(loaded, healthy, feats, mods, config, in_fit, labels, probs)
     if fov_flags:
         info.setdefault("flags", []).extend(fov_flags)
@@ -510,6 +571,10 @@ def run_pipeline(case: Case | LoadedCase | str | os.PathLike, config: Config | N
     if fit_flags:
         mix_info.setdefault("flags", []).extend(fit_flags)
     info.update(mixture=mix_info, features=mods)
+    if priors is not None:
+        from .labeling.priors import prior_agreement
+
+        mix_info["prior_agreement"] = prior_agreement(labels, priors)
 
     pp = config.postprocess
     fractions = probs

@@ -4,6 +4,6 @@
 :func:`segment.io.register.register_template` puts it where the subject's head is and warps
 template-space arrays (masks, tissue priors) onto the subject's grid.
 """
-from .template import DATA_DIR, Template, load_template
+from .template import DATA_DIR, Template, load_template, load_tissue_priors
 
-__all__ = ["DATA_DIR", "Template", "load_template"]
+__all__ = ["DATA_DIR", "Template", "load_template", "load_tissue_priors"]

@@ -1,0 +1,232 @@
+"""Spatial tissue priors in the mixture: warped atlas probabilities name the components, weight
+the E-step and check the labels.
+
+The ICBM 2009a CSF/GM/WM probabilities (:func:`segment.atlas.load_tissue_priors`) are put on
+the subject's grid with the template registration of the brain-mask step
+(:func:`warp_tissue_priors`). Then, as in SPM's unified segmentation and Atropos' prior mode:
+
+* **naming** (:func:`name_by_priors`): a component is grey matter because its voxels lie where
+  grey matter lies, whatever the contrast or the subset of modalities (the intensity rule of
+  :mod:`segment.labeling.tissue` is kept as a cross-check: when the two disagree, a QC flag);
+* **E-step weights** (:func:`prior_em`): one Gaussian per class, the mixing weight of class ``c``
+  at voxel ``i`` is ``alpha_c * ((1 - w) + w * 3 * prior_ic)`` (``w`` = ``mixture.prior_weight``;
+  0 is the intensity-only mixture); ``alpha`` is re-estimated as SPM does (Ashburner & Friston
+  2005, eq. 27), so a subject with more CSF than the atlas keeps it;
+* **posteriors** (:func:`apply_priors`): class probabilities of another model (the partial-volume
+  fractions) are multiplied by the same spatial factor and renormalised;
+* **agreement** (:func:`prior_agreement`): Dice of each label with the prior's argmax, which
+  becomes a QC flag when a class lands where the atlas does not put it.
+
+The registration is affine: the priors are blurred versions of the subject's anatomy, which is
+why they enter with a weight and never decide a voxel alone.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+__all__ = [
+    "warp_tissue_priors",
+    "name_by_priors",
+    "prior_em",
+    "apply_priors",
+    "prior_agreement",
+    "spatial_factor",
+]
+
+#: floor of a prior probability (a voxel where the atlas says 0 can still take the class)
+PRIOR_FLOOR = 0.02
+
+
+def warp_tissue_priors(registration, reference, mask: np.ndarray) -> np.ndarray:
+    """ICBM CSF/GM/WM priors of the voxels of ``mask`` on ``reference``'s grid.
+
+    Parameters
+    ----------
+    registration : segment.io.register.TemplateRegistration
+        Template -> subject transform (the brain-mask step's ``info["registration"]``).
+    reference : segment.types.Volume
+        The subject grid.
+    mask : ndarray of bool, shape reference.shape
+
+    Returns
+    -------
+    ndarray of shape (mask.sum(), 3), float32
+        Rows sum to 1. Where the warped atlas covers less than the whole voxel (outside the ICBM
+        brain: the extracerebral CSF another tool's mask keeps, or a registration error) the
+        rest is spread evenly over the three classes, so the image decides there.
+    """
+    from ..atlas import load_tissue_priors
+
+    maps = load_tissue_priors()
+    p = np.stack([registration.warp(m.data, 1, reference)[mask] for m in maps], axis=1).astype(np.float32)
+    np.clip(p, 0.0, 1.0, out=p)
+    s = p.sum(axis=1, keepdims=True)
+    over = s[:, 0] > 1.0
+    p[over] /= s[over]
+    p += np.clip(1.0 - p.sum(axis=1, keepdims=True), 0.0, 1.0) / 3.0
+    return p
+
+
+def spatial_factor(priors: np.ndarray, weight: float) -> np.ndarray:
+    """``(1 - w) + w * 3 * max(prior, floor)``: 1 everywhere at ``w = 0``, the prior (times 3, so
+    a flat prior is 1) at ``w = 1``."""
+    w = float(weight)
+    p = np.maximum(np.asarray(priors, np.float64), PRIOR_FLOOR)
+    return (1.0 - w) + w * 3.0 * p
+
+
+def name_by_priors(resp: np.ndarray, priors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Tissue class (1 CSF, 2 GM, 3 WM) of every component from where its voxels lie.
+
+    ``A[k, c]`` is the mean prior of class ``c`` over component ``k``'s voxels (weighted by the
+    responsibilities), divided by the class's mean prior over the brain (so a small class is not
+    out-voted by a large one). One component per class is chosen by the assignment that
+    maximises ``sum log A``; extra components take the class of their largest ``A``.
+
+    Parameters
+    ----------
+    resp : ndarray of shape (n_voxels, n_components)
+    priors : ndarray of shape (n_voxels, 3)
+
+    Returns
+    -------
+    classes : ndarray of shape (n_components,), int
+    affinity : ndarray of shape (n_components, 3)
+
+    Examples
+    --------
+    >>> pri = np.array([[0.9, 0.05, 0.05], [0.05, 0.9, 0.05], [0.05, 0.05, 0.9]])
+    >>> resp = np.array([[0, 0, 1.0], [1.0, 0, 0], [0, 1.0, 0]])  # component 2 lives where CSF does
+    >>> name_by_priors(resp, pri)[0].tolist()
+    [2, 3, 1]
+    """
+    resp = np.asarray(resp, np.float64)
+    priors = np.asarray(priors, np.float64)
+    k = resp.shape[1]
+    if k < 3:
+        raise ValueError(f"need at least 3 components to name CSF, GM and WM, got {k}")
+    mass = resp.sum(axis=0)
+    a = (resp.T @ priors) / np.maximum(mass, 1e-12)[:, None]
+    a /= np.maximum(priors.mean(axis=0), 1e-12)[None, :]
+    la = np.log(np.maximum(a, 1e-12))
+    best, best_score = None, -np.inf
+    for comps in itertools.permutations(range(k), 3):
+        score = la[comps[0], 0] + la[comps[1], 1] + la[comps[2], 2]
+        if score > best_score:
+            best, best_score = comps, score
+    classes = np.argmax(a, axis=1) + 1
+    for c, comp in enumerate(best):
+        classes[comp] = c + 1
+    return classes.astype(np.int64), a
+
+
+def _logpdf(x: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    d = x.shape[1]
+    chol = np.linalg.cholesky(cov)
+    z = np.linalg.solve(chol, (x - mean).T)
+    return -0.5 * (np.sum(z * z, axis=0) + d * np.log(2 * np.pi)) - np.sum(np.log(np.diag(chol)))
+
+
+def prior_em(
+    x: np.ndarray,
+    priors: np.ndarray,
+    means: np.ndarray,
+    covariances: np.ndarray,
+    weight: float,
+    *,
+    sample_weight: np.ndarray | None = None,
+    max_iter: int = 100,
+    tol: float = 1e-5,
+    reg_covar: float = 1e-6,
+) -> dict[str, np.ndarray]:
+    """EM of one full-covariance Gaussian per class with per-voxel mixing weights from the priors.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n, d)
+    priors : ndarray of shape (n, 3)
+    means, covariances : initial class parameters, shapes (3, d) and (3, d, d)
+    weight : float in [0, 1]
+        ``mixture.prior_weight``.
+    sample_weight : ndarray of shape (n,), optional
+
+    Returns
+    -------
+    dict with ``means`` (3, d), ``covariances`` (3, d, d), ``alpha`` (3,), ``resp`` (n, 3),
+    ``n_iter`` and ``log_likelihood`` (mean per sample).
+    """
+    x = np.asarray(x, np.float64)
+    n, d = x.shape
+    sw = np.ones(n) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    q = spatial_factor(priors, weight)
+    means = np.array(means, np.float64)
+    covs = np.array(covariances, np.float64)
+    alpha = np.full(3, 1.0 / 3.0)
+    eye = np.eye(d) * reg_covar
+    prev = -np.inf
+    resp = np.full((n, 3), 1.0 / 3.0)
+    it = 0
+    ll = prev
+    for it in range(1, max_iter + 1):
+        logl = np.stack([_logpdf(x, means[c], covs[c]) for c in range(3)], axis=1)
+        logp = logl + np.log(alpha)[None, :] + np.log(q)
+        mx = logp.max(axis=1, keepdims=True)
+        e = np.exp(logp - mx)
+        s = e.sum(axis=1, keepdims=True)
+        resp = e / s
+        # normalising the spatial weights: sum_c alpha_c q_ic per voxel
+        norm = (q * alpha[None, :]).sum(axis=1, keepdims=True)
+        ll = float(np.sum(sw * (np.log(s[:, 0]) + mx[:, 0] - np.log(norm[:, 0]))) / sw.sum())
+        rw = resp * sw[:, None]
+        nk = rw.sum(axis=0) + 1e-12
+        means = (rw.T @ x) / nk[:, None]
+        for c in range(3):
+            diff = x - means[c]
+            covs[c] = (rw[:, c, None] * diff).T @ diff / nk[c] + eye
+        # SPM's update of the mixing proportions under spatial priors
+        denom = (sw[:, None] * q / norm).sum(axis=0)
+        alpha = nk / np.maximum(denom, 1e-12)
+        alpha /= alpha.sum()
+        if abs(ll - prev) < tol:
+            break
+        prev = ll
+    return {"means": means, "covariances": covs, "alpha": alpha, "resp": resp, "n_iter": it,
+            "log_likelihood": ll}
+
+
+def class_posteriors(x: np.ndarray, priors: np.ndarray, fit: dict[str, np.ndarray], weight: float,
+                     chunk: int = 500_000) -> np.ndarray:
+    """Posteriors (n, 3) of the classes of :func:`prior_em`'s result at voxels ``x``."""
+    x = np.asarray(x, np.float64)
+    out = np.empty((x.shape[0], 3), np.float32)
+    la = np.log(fit["alpha"])[None, :]
+    for s in range(0, x.shape[0], chunk):
+        xs = x[s:s + chunk]
+        logp = np.stack([_logpdf(xs, fit["means"][c], fit["covariances"][c]) for c in range(3)], axis=1)
+        logp += la + np.log(spatial_factor(priors[s:s + chunk], weight))
+        logp -= logp.max(axis=1, keepdims=True)
+        e = np.exp(logp)
+        out[s:s + chunk] = e / e.sum(axis=1, keepdims=True)
+    return out
+
+
+def apply_priors(probs: np.ndarray, priors: np.ndarray, weight: float) -> np.ndarray:
+    """``probs * spatial_factor(priors, weight)``, rows renormalised (float32)."""
+    p = np.asarray(probs, np.float64) * spatial_factor(priors, weight)
+    p /= np.maximum(p.sum(axis=1, keepdims=True), 1e-300)
+    return p.astype(np.float32)
+
+
+def prior_agreement(labels: np.ndarray, priors: np.ndarray) -> dict[str, float]:
+    """Dice of each label (1..3) with the argmax of the priors, on the same voxels."""
+    from ..types import TISSUE_LABELS
+
+    pl = np.argmax(priors, axis=1) + 1
+    out = {}
+    for c, name in TISSUE_LABELS.items():
+        a, b = labels == c, pl == c
+        den = int(a.sum() + b.sum())
+        out[name] = round(2.0 * float((a & b).sum()) / den, 4) if den else 1.0
+    return out
