@@ -116,8 +116,12 @@ class MixtureConfig(_Strict):
         "by this much (and at least one voxel), so stripping errors at its edge do not pull the classes; "
         "every brain voxel is labelled",
     )
+    pv_shared_noise: bool = Field(
+        True, description="partial-volume model: one noise covariance shared by every class and mix (Shattuck et "
+        "al. 2001), so a class cannot widen over the mixed voxels beside it; false: one covariance per pure class"
+    )
     prior_weight: float = Field(
-        0.5, ge=0, le=1, description="weight of the registered ICBM 2009a tissue priors in the mixture: they "
+        0.3, ge=0, le=1, description="weight of the registered ICBM 2009a tissue priors in the mixture: they "
         "name the components, weight the E-step (mixing weight alpha_c * ((1 - w) + 3 w prior)) and the class "
         "probabilities; 0: intensities alone (no priors)"
     )
@@ -249,6 +253,17 @@ class QCConfig(_Strict):
     )
     min_dice: float = Field(
         0.5, ge=0, le=1, description="flag a case whose Dice for any class or region is below this (with ground truth)"
+    )
+    min_tissue_fraction: float = Field(
+        0.05, ge=0, lt=1, description="flag a tissue class (CSF, GM, WM) labelling less than this fraction of the "
+        "healthy brain: no adult brain has so little of any"
+    )
+    gm_wm_ratio: tuple[float, float] = Field(
+        (0.8, 2.0), description="flag a grey/white matter volume ratio outside [min, max] (adults: about 1.1-1.8)"
+    )
+    min_prior_dice: float = Field(
+        0.4, ge=0, le=1, description="flag a tissue class whose labels overlap the registered atlas priors' argmax "
+        "by a Dice below this (the class is not where the atlas puts it)"
     )
 
     @field_validator("brain_volume_ml")

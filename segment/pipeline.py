@@ -268,7 +268,7 @@ def fit_tissue_mixture(
     use_priors = priors is not None and mc.prior_weight > 0
     prior_fit = None
     if use_priors:
-        from .labeling.priors import name_by_priors, prior_em
+        from .labeling.priors import name_by_affinity, name_by_priors, prior_em
 
         # a seeded subset of the fit rows: the class mixture has a handful of parameters
         idx = np.flatnonzero(fit_rows)
@@ -276,19 +276,42 @@ def fit_tissue_mixture(
             idx = np.sort(np.random.default_rng(config.seed).choice(idx, size=PRIOR_SAMPLES, replace=False))
         xs, ps = features[idx].astype(np.float64), priors[idx]
         by_contrast = classes
-        classes, affinity = name_by_priors(gmm.predict_proba(xs), ps)
+        resp = gmm.predict_proba(xs)
+        by_priors, affinity = name_by_priors(resp, ps)
         info["prior_affinity"] = np.round(affinity, 3).tolist()
-        if not np.array_equal(classes, by_contrast):
-            msg = ("tissue classes named by the atlas priors differ from the contrast rule "
-                   f"(components {[TISSUE_LABELS[int(c)] for c in classes]} by priors, "
-                   f"{[TISSUE_LABELS[int(c)] for c in by_contrast]} by contrast)")
-            log.warning(msg)
-            info.setdefault("flags", []).append(msg)
         covs = _full_covariances(gmm)
         w = gmm.weights_
-        m0 = np.stack([np.average(gmm.means_[classes == c], axis=0, weights=w[classes == c]) for c in (1, 2, 3)])
-        c0 = np.stack([np.average(covs[classes == c], axis=0, weights=w[classes == c]) for c in (1, 2, 3)])
-        prior_fit = prior_em(xs, ps, m0, c0, mc.prior_weight, reg_covar=max(mc.reg_covar, 1e-6))
+
+        def class_fit(cls):
+            m0 = np.stack([np.average(gmm.means_[cls == c], axis=0, weights=w[cls == c]) for c in (1, 2, 3)])
+            c0 = np.stack([np.average(covs[cls == c], axis=0, weights=w[cls == c]) for c in (1, 2, 3)])
+            return prior_em(xs, ps, m0, c0, mc.prior_weight, reg_covar=max(mc.reg_covar, 1e-6))
+
+        # the naming the contrasts give and the one the priors give are both fitted with the
+        # priors in the E-step; the model that explains the voxels better (intensities and
+        # positions) names the classes (a tie keeps the contrast rule)
+        prior_fit = class_fit(by_contrast)
+        classes = by_contrast
+        info["naming"] = "contrast and priors agree"
+        cands = [c for c in (by_priors, name_by_affinity(resp, ps)) if not np.array_equal(c, by_contrast)]
+        if cands:
+            fits = [class_fit(c) for c in cands]
+            b = int(np.argmax([f["log_likelihood"] for f in fits]))
+            alt, by_priors = fits[b], cands[b]
+            gain = alt["log_likelihood"] - prior_fit["log_likelihood"]
+            info["naming_gain"] = round(float(gain), 5)
+            if gain > NAMING_MIN_GAIN:
+                prior_fit, classes = alt, by_priors
+                info["naming"] = "priors"
+                msg = ("tissue classes named by the atlas priors, not by the contrast rule "
+                       f"(components {[TISSUE_LABELS[int(c)] for c in by_priors]} by priors, "
+                       f"{[TISSUE_LABELS[int(c)] for c in by_contrast]} by contrast)")
+            else:
+                info["naming"] = "contrast"
+                msg = ("tissue classes named by the contrast rule; the atlas priors suggest "
+                       f"{[TISSUE_LABELS[int(c)] for c in by_priors]}")
+            log.warning(msg)
+            info.setdefault("flags", []).append(msg)
         info["prior_em"] = {"n_iter": int(prior_fit["n_iter"]), "weight": mc.prior_weight,
                             "alpha": np.round(prior_fit["alpha"], 4).tolist(),
                             "class_means": np.round(prior_fit["means"], 4).tolist()}
@@ -317,7 +340,8 @@ def fit_tissue_mixture(
         if pv_w is None and pv_x.shape[0] > PV_MAX_SAMPLES:
             rng = np.random.default_rng(config.seed)
             pv_x = pv_x[np.sort(rng.choice(pv_x.shape[0], size=PV_MAX_SAMPLES, replace=False))]
-        pv = PartialVolumeMixture(3, tol=1e-7, max_iter=1000, reg_covar=max(mc.reg_covar, 1e-6))
+        pv = PartialVolumeMixture(3, tol=1e-7, max_iter=1000, reg_covar=max(mc.reg_covar, 1e-6),
+                                  shared_noise=mc.pv_shared_noise)
         # The partial-volume model should sharpen the classes the plain mixture found, not
         # replace them: when a pure mean drifts out of its class's own spread (seen on
         # multi-modal real scans, where mixing is not linear in every channel), the plain
@@ -368,11 +392,43 @@ def fit_tissue_mixture(
     return labels, probs.astype(np.float32), info
 
 
+#: Mean log-likelihood (nats per voxel) by which the priors' naming must beat the contrast rule's.
+NAMING_MIN_GAIN = 1e-3
+
 #: Voxels the class mixture with spatial priors is fitted on (a seeded subset of the fit region).
-PRIOR_SAMPLES = 100_000
+PRIOR_SAMPLES = 30_000
 
 #: Voxels the mixture of the series covering a region outside another's field of view is fitted on.
 FOV_FIT_SAMPLES = 200_000
+
+
+def tissue_flags(tissue: np.ndarray, healthy: np.ndarray, priors: np.ndarray | None, config: Config) -> list[str]:
+    """QC flags of the tissue labels (``batch.qc``): a class under ``min_tissue_fraction`` of the
+    healthy brain, a GM/WM volume ratio outside ``gm_wm_ratio``, a class whose labels do not lie
+    where the registered atlas puts it (Dice with the priors' argmax under ``min_prior_dice``)."""
+    qc = config.batch.qc
+    lab = tissue[healthy]
+    n = max(int(lab.size), 1)
+    counts = {name: int(np.count_nonzero(lab == c)) for c, name in TISSUE_LABELS.items()}
+    flags = []
+    for name, k in counts.items():
+        if k < qc.min_tissue_fraction * n:
+            flags.append(f"tissue class {name} labels only {100 * k / n:.1f}% of the brain "
+                         f"(< {100 * qc.min_tissue_fraction:g}%)")
+    lo, hi = qc.gm_wm_ratio
+    if counts["WM"] > 0:
+        r = counts["GM"] / counts["WM"]
+        if not lo <= r <= hi:
+            flags.append(f"GM/WM volume ratio {r:.2f} outside [{lo:g}, {hi:g}]")
+    if priors is not None:
+        from .labeling.priors import prior_agreement
+
+        for name, d in prior_agreement(lab, priors).items():
+            if name != "CSF" and d < qc.min_prior_dice:  # the atlas' CSF is mostly the ventricles
+                flags.append(f"{name} labels disagree with the atlas priors (Dice {d:.2f} < {qc.min_prior_dice:g})")
+    for f in flags:
+        log.warning("%s", f)
+    return flags
 
 
 def label_outside_fov(loaded: LoadedCase, healthy: np.ndarray, feats: dict[str, np.ndarray], mods: list[str],
@@ -593,6 +649,7 @@ def run_pipeline(case: Case | LoadedCase | str | os.PathLike, config: Config | N
         from .postprocess import remove_small_islands
 
         tissue = remove_small_islands(tissue, healthy, loaded.spacing, config.postprocess.min_island_mm3)
+    mix_info.setdefault("flags", []).extend(tissue_flags(tissue, healthy, priors, config))
     if tumor is not None:
         tissue[tumor > 0] = TISSUE_TUMOR_LABEL
     timings["postprocess"] = time.perf_counter() - t

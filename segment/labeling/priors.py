@@ -72,18 +72,20 @@ def warp_tissue_priors(registration, reference, mask: np.ndarray) -> np.ndarray:
 def spatial_factor(priors: np.ndarray, weight: float) -> np.ndarray:
     """``(1 - w) + w * 3 * max(prior, floor)``: 1 everywhere at ``w = 0``, the prior (times 3, so
     a flat prior is 1) at ``w = 1``."""
-    w = float(weight)
-    p = np.maximum(np.asarray(priors, np.float64), PRIOR_FLOOR)
-    return (1.0 - w) + w * 3.0 * p
+    w = np.float32(weight)
+    p = np.maximum(np.asarray(priors, np.float32), np.float32(PRIOR_FLOOR))
+    p *= np.float32(3.0) * w
+    p += np.float32(1.0) - w
+    return p
 
 
 def name_by_priors(resp: np.ndarray, priors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Tissue class (1 CSF, 2 GM, 3 WM) of every component from where its voxels lie.
 
-    ``A[k, c]`` is the mean prior of class ``c`` over component ``k``'s voxels (weighted by the
-    responsibilities), divided by the class's mean prior over the brain (so a small class is not
-    out-voted by a large one). One component per class is chosen by the assignment that
-    maximises ``sum log A``; extra components take the class of their largest ``A``.
+    ``M[k, c] = mean_i resp_ik log(3 prior_ic)``: the log prior odds of class ``c`` summed over
+    component ``k``'s voxels. One component per class is chosen by the assignment that maximises
+    ``sum_k M[k, class(k)]`` (the :func:`naming_score`); extra components take the class of their
+    largest ``M``.
 
     Parameters
     ----------
@@ -93,7 +95,8 @@ def name_by_priors(resp: np.ndarray, priors: np.ndarray) -> tuple[np.ndarray, np
     Returns
     -------
     classes : ndarray of shape (n_components,), int
-    affinity : ndarray of shape (n_components, 3)
+    score : ndarray of shape (n_components, 3)
+        ``M``.
 
     Examples
     --------
@@ -103,23 +106,46 @@ def name_by_priors(resp: np.ndarray, priors: np.ndarray) -> tuple[np.ndarray, np
     [2, 3, 1]
     """
     resp = np.asarray(resp, np.float64)
-    priors = np.asarray(priors, np.float64)
     k = resp.shape[1]
     if k < 3:
         raise ValueError(f"need at least 3 components to name CSF, GM and WM, got {k}")
-    mass = resp.sum(axis=0)
-    a = (resp.T @ priors) / np.maximum(mass, 1e-12)[:, None]
-    a /= np.maximum(priors.mean(axis=0), 1e-12)[None, :]
-    la = np.log(np.maximum(a, 1e-12))
+    lp = np.log(3.0 * np.maximum(np.asarray(priors, np.float64), PRIOR_FLOOR))
+    m = (resp.T @ lp) / resp.shape[0]
     best, best_score = None, -np.inf
     for comps in itertools.permutations(range(k), 3):
-        score = la[comps[0], 0] + la[comps[1], 1] + la[comps[2], 2]
+        score = m[comps[0], 0] + m[comps[1], 1] + m[comps[2], 2]
         if score > best_score:
             best, best_score = comps, score
+    classes = np.argmax(m, axis=1) + 1
+    for c, comp in enumerate(best):
+        classes[comp] = c + 1
+    return classes.astype(np.int64), m
+
+
+def name_by_affinity(resp: np.ndarray, priors: np.ndarray) -> np.ndarray:
+    """Tissue class of every component by its mean prior relative to the class's mean prior over
+    the brain (a small class is not out-voted by a large one); the assignment maximises the sum
+    of the log ratios, extra components take their largest ratio."""
+    resp = np.asarray(resp, np.float64)
+    priors = np.asarray(priors, np.float64)
+    a = (resp.T @ priors) / np.maximum(resp.sum(axis=0), 1e-12)[:, None]
+    a /= np.maximum(priors.mean(axis=0), 1e-12)[None, :]
+    la = np.log(np.maximum(a, 1e-12))
+    k = resp.shape[1]
+    best = max(itertools.permutations(range(k), 3), key=lambda c: la[c[0], 0] + la[c[1], 1] + la[c[2], 2])
     classes = np.argmax(a, axis=1) + 1
     for c, comp in enumerate(best):
         classes[comp] = c + 1
-    return classes.astype(np.int64), a
+    return classes.astype(np.int64)
+
+
+def naming_score(resp: np.ndarray, priors: np.ndarray, classes: np.ndarray) -> float:
+    """Mean log prior odds of a naming: ``mean_i sum_k resp_ik log(3 prior_i,class(k))`` in nats
+    per voxel (0 for a flat prior, which says nothing; larger when the named classes lie where
+    the atlas puts them)."""
+    lp = np.log(3.0 * np.maximum(np.asarray(priors, np.float64), PRIOR_FLOOR))
+    cls = np.asarray(classes, int) - 1
+    return float(np.mean(np.sum(np.asarray(resp, np.float64) * lp[:, cls], axis=1)))
 
 
 def _logpdf(x: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:
@@ -160,7 +186,7 @@ def prior_em(
     x = np.asarray(x, np.float64)
     n, d = x.shape
     sw = np.ones(n) if sample_weight is None else np.asarray(sample_weight, np.float64)
-    q = spatial_factor(priors, weight)
+    q = spatial_factor(priors, weight).astype(np.float64)
     means = np.array(means, np.float64)
     covs = np.array(covariances, np.float64)
     alpha = np.full(3, 1.0 / 3.0)
@@ -214,9 +240,9 @@ def class_posteriors(x: np.ndarray, priors: np.ndarray, fit: dict[str, np.ndarra
 
 def apply_priors(probs: np.ndarray, priors: np.ndarray, weight: float) -> np.ndarray:
     """``probs * spatial_factor(priors, weight)``, rows renormalised (float32)."""
-    p = np.asarray(probs, np.float64) * spatial_factor(priors, weight)
-    p /= np.maximum(p.sum(axis=1, keepdims=True), 1e-300)
-    return p.astype(np.float32)
+    p = np.asarray(probs, np.float32) * spatial_factor(priors, weight)
+    p /= np.maximum(p.sum(axis=1, keepdims=True), np.float32(1e-30))
+    return p
 
 
 def prior_agreement(labels: np.ndarray, priors: np.ndarray) -> dict[str, float]:

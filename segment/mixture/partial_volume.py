@@ -42,6 +42,10 @@ class PartialVolumeMixture:
     max_iter : int
     reg_covar : float
         Added to the covariance diagonals.
+    shared_noise : bool
+        One covariance (the scanner's noise) for every class and mix, estimated from every
+        component's scatter about its own mean (Shattuck et al. 2001), instead of one per pure
+        class: a class's spread then cannot grow over the mixed voxels next to it.
 
     Attributes
     ----------
@@ -73,7 +77,9 @@ class PartialVolumeMixture:
         tol: float = 1e-5,
         max_iter: int = 200,
         reg_covar: float = 1e-6,
+        shared_noise: bool = False,
     ) -> None:
+        self.shared_noise = shared_noise
         self.n_classes = n_classes
         self.pairs = pairs
         self.n_levels = n_levels
@@ -195,13 +201,22 @@ class PartialVolumeMixture:
             # pure means: least squares over every component that involves them
             gram = (A.T * Nj) @ A + 1e-12 * np.eye(C)
             self.means_ = np.linalg.solve(gram, A.T @ Sj)
-            for c in range(C):
-                if Nj[c] <= 1e-8 * wsum:
-                    continue  # keep the previous covariance of an (almost) empty pure class
-                mu = self.means_[c]
-                scatter = S2j[c] - np.outer(Sj[c], mu) - np.outer(mu, Sj[c]) + Nj[c] * np.outer(mu, mu)
-                cov = scatter / Nj[c] + reg
-                self.covariances_[c] = 0.5 * (cov + cov.T)
+            if self.shared_noise:
+                # one noise covariance for every component (Shattuck et al. 2001): the scatter of
+                # each component, pure or mixed, about its own mean
+                mus = A @ self.means_
+                scatter = (S2j - np.einsum("jf,jg->jfg", Sj, mus) - np.einsum("jf,jg->jfg", mus, Sj)
+                           + np.einsum("j,jf,jg->jfg", Nj, mus, mus)).sum(axis=0)
+                cov = scatter / max(Nj.sum(), 1e-300) + reg
+                self.covariances_[:] = 0.5 * (cov + cov.T)
+            else:
+                for c in range(C):
+                    if Nj[c] <= 1e-8 * wsum:
+                        continue  # keep the previous covariance of an (almost) empty pure class
+                    mu = self.means_[c]
+                    scatter = S2j[c] - np.outer(Sj[c], mu) - np.outer(mu, Sj[c]) + Nj[c] * np.outer(mu, mu)
+                    cov = scatter / Nj[c] + reg
+                    self.covariances_[c] = 0.5 * (cov + cov.T)
             Ng = np.bincount(self.groups_, weights=Nj, minlength=G)
             self.class_weights_ = np.maximum(Ng / Ng.sum(), 1e-12)
         else:
