@@ -49,6 +49,22 @@ BAR_GM, BAR_WM = 0.88, 0.89
 CLASSES = {1: "CSF", 2: "GM", 3: "WM"}
 
 
+def doc_command(script: str, argv: list[str]) -> str:
+    """The command line for a doc, without this machine's paths (absolute paths become relative
+    to the repository root; a data folder outside it becomes ``../shared/data``)."""
+    out = []
+    for a in argv:
+        key, eq, val = a.partition("=") if a.startswith("--") and "=" in a else ("", "", a)
+        p = Path(val)
+        if p.is_absolute():
+            try:
+                val = p.resolve().relative_to(ROOT).as_posix()
+            except ValueError:
+                val = "../shared/data" if p.parts[-2:] == ("shared", "data") else f"<{p.name}>"
+        out.append(f"{key}{eq}{val}" if eq else val)
+    return " ".join(["python", script, *out])
+
+
 def load_config_file(path: Path | None) -> Config:
     if path is None:
         return Config()
@@ -262,8 +278,7 @@ def main(argv=None) -> int:
     print("\n" + table + "\n\n" + verdict + "\n\n" + ctext)
 
     if args.out:
-        cmd = "python " + " ".join([Path(sys.argv[0]).as_posix() if argv is None else "scripts/validate_ibsr.py",
-                                    *(argv if argv is not None else sys.argv[1:])])
+        cmd = doc_command("scripts/validate_ibsr.py", list(argv if argv is not None else sys.argv[1:]))
         machine = f"{platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}"
         notes = ""
         if args.out.is_file() and NOTES in args.out.read_text():
