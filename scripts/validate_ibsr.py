@@ -279,7 +279,8 @@ def main(argv=None) -> int:
 
     if args.out:
         cmd = doc_command("scripts/validate_ibsr.py", list(argv if argv is not None else sys.argv[1:]))
-        machine = f"{platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+        machine = (f"{platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+                   f"load average at the end {os.getloadavg()[1]:.1f} (5 min; other jobs share the machine)")
         notes = ""
         if args.out.is_file() and NOTES in args.out.read_text():
             notes = args.out.read_text().split(NOTES, 1)[1]
@@ -297,8 +298,8 @@ def main(argv=None) -> int:
             "(`GaussianMixture(3, covariance_type='full', random_state=0)`, classes by mean) and Atropos "
             "see the brain voxels T1 > 0, segment its own mask of the same image.\n\n"
             "Seconds: segment, the whole `run_pipeline` (loading, mask, N4, mixture, MRF; after one untimed "
-            "warm-up run); scikit-learn, fit + predict; Atropos, the `ants.atropos` call alone. One process "
-            "at a time on the shared 2-core machine.\n\n"
+            "warm-up run); scikit-learn, fit + predict; Atropos, the `ants.atropos` call alone. The methods run "
+            "one after the other, but other jobs share the 2-core machine (see the load average above).\n\n"
             f"Dice per subject:\n\n{table}\n\n{verdict}\n\n"
             "Where segment's errors go (fractions of the manual class, inside the labelled brain), and the "
             "QC flags of each run:\n\n" + ctext + "\n\n"

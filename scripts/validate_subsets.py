@@ -251,7 +251,8 @@ def main(argv=None) -> int:
 
     if args.out:
         cmd = doc_command("scripts/validate_subsets.py", list(argv if argv is not None else sys.argv[1:]))
-        machine = f"{platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+        machine = (f"{platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+                   f"load average at the end {os.getloadavg()[1]:.1f} (5 min; other jobs share the machine)")
         notes = ""
         if args.out.is_file() and NOTES in args.out.read_text():
             notes = args.out.read_text().split(NOTES, 1)[1]
