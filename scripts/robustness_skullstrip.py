@@ -3,7 +3,9 @@
 
 Usage (from the repository root)::
 
-    .venv/bin/python scripts/robustness_skullstrip.py [--data /work/shared/data] [--write]
+    .venv/bin/python scripts/robustness_skullstrip.py [--data ../shared/data] [--write]
+
+(``--data`` defaults to ``../shared/data`` next to the repository root.)
 
 Takes the raw clinical t1c of ``tcia_raw`` (reoriented to RAS as segment's loader does) and its
 HD-BET mask, applies the same transform to both (axis order and flips of the stored file,
@@ -20,7 +22,7 @@ scored in the file's own orientation), and with the stored array passed straight
 caller who skips the reorientation gets.
 
 With ``--baseline FILE`` (another version of ``segment/preprocess/skullstrip.py``, e.g. from
-``git show HEAD:segment/preprocess/skullstrip.py > /tmp/skullstrip_head.py``) every case is also
+``git show HEAD:segment/preprocess/skullstrip.py > skullstrip_head.py``) every case is also
 run with that version and its Dice is added as a column.
 
 This measures ``skullstrip()`` without a template prior (``--no-template``, the fallback of a
@@ -173,7 +175,7 @@ def run_cli(vol: Volume, truth: Volume, tmp: Path, tag: str) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=Path("/work/shared/data"))
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "validation_skullstrip.md")
     ap.add_argument("--write", action="store_true", help="write the table into --doc")
     ap.add_argument("--only", default=None, help="comma-separated case-name prefixes to run")

@@ -5,8 +5,9 @@ Compares, on the same degraded images and the same brain mask (``t1 > 0`` of the
 * ``segment`` with several settings (plain mixture, N4, MRF, N4 + MRF; the package defaults are
   marked), through :func:`segment.pipeline.segment_case` on a temporary case folder;
 * scikit-learn ``GaussianMixture`` (3 components on T1 inside the mask);
-* ANTs Atropos (``antspyx``, k-means init and MRF) run in its own virtual environment
-  (``--ants-python``) in a subprocess per variant; skipped, and said so, when unavailable.
+* ANTs Atropos (``antspyx``, k-means init and MRF) run in the peers' environment ``.venv-peers/``
+  (created on first use by ``scripts/_peers.py``; ``--ants-python`` overrides it) in a subprocess
+  per variant; skipped, and said so, when unavailable.
 
 Ground truth: inside ``t1 > 0``, argmax of (CSF = 1 - GM - WM, GM, WM) of the template's
 probability maps.
@@ -21,16 +22,13 @@ Degradations (all seeded):
   ``sigma = s % of the mean white-matter intensity`` (BrainWeb's convention), then the
   background is set to zero again (a skull-stripped scan).
 
-    .venv/bin/python scripts/validate_degraded.py --data ../shared/data \\
-        --ants-python /tmp/antsenv/bin/python --out docs/validation_degraded.md
+    .venv/bin/python scripts/validate_degraded.py --out docs/validation_degraded.md
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,7 +43,11 @@ from segment.metrics import dice
 from segment.pipeline import segment_case
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _peers import atropos_available  # noqa: E402
+from _peers import run_atropos as _run_atropos  # noqa: E402
 from validate_tissue import mni_truth, sklearn_gmm  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 #: (name, bias %, noise %)
 VARIANTS = [
@@ -62,18 +64,6 @@ VARIANTS = [
 
 #: Hand-written findings after this marker in --out survive a re-run.
 NOTES = "<!-- notes: kept when the script rewrites this file -->"
-
-ATROPOS_CODE = r"""
-import json, sys, time
-import ants
-img = ants.image_read(sys.argv[1])
-mask = ants.image_read(sys.argv[2])
-t = time.perf_counter()
-res = ants.atropos(a=img, x=mask, i="kmeans[3]", m=sys.argv[4], c=sys.argv[5])
-secs = time.perf_counter() - t
-ants.image_write(res["segmentation"], sys.argv[3])
-print(json.dumps({"seconds": secs, "version": ants.__version__}))
-"""
 
 
 def smooth_field(shape: tuple[int, int, int], brain: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -115,15 +105,10 @@ def run_segment(case: Path, config: Config, out: Path) -> tuple[np.ndarray, floa
     return np.asarray(nib.load(str(res.outputs["tissue"])).dataobj), secs
 
 
-def run_atropos(python: str, img: Path, mask: Path, out: Path, mrf: str, conv: str) -> tuple[np.ndarray, float, str]:
-    env = dict(os.environ, ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=str(os.cpu_count() or 1))
-    proc = subprocess.run(
-        [python, "-c", ATROPOS_CODE, str(img), str(mask), str(out), mrf, conv],
-        capture_output=True, text=True, env=env, check=True,
-    )
-    info = json.loads(proc.stdout.strip().splitlines()[-1])
-    seg = np.asarray(nib.load(str(out)).dataobj).astype(np.uint8)  # 1..3 by increasing mean T1
-    return seg, float(info["seconds"]), str(info["version"])
+def run_atropos(python: str | None, img: Path, mask: Path, out: Path, mrf: str, conv: str) -> tuple[np.ndarray, float, str]:
+    """Atropos (k-means init) through ``scripts/_peers.py``; ``python`` None = ``.venv-peers/``.
+    Labels 1..3 by increasing mean T1."""
+    return _run_atropos(python, img, mask, out, mrf=mrf, conv=conv)
 
 
 def overlay(path: Path, img: np.ndarray, truth: np.ndarray, preds: dict[str, np.ndarray], title: str) -> None:
@@ -178,12 +163,13 @@ def noise_plot(path: Path, table: dict, methods: list[str], names: dict[str, str
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--out", type=Path, default=None, help="write the Markdown report here")
     ap.add_argument("--figures", type=Path, default=Path("docs/figures"))
     ap.add_argument("--seed", type=int, default=2024, help="seed of the bias fields and noise")
     ap.add_argument("--beta", type=float, default=None, help="MRF beta of the MRF rows (default: the config default, else 0.3)")
-    ap.add_argument("--ants-python", default="/tmp/antsenv/bin/python", help="python of a venv with antspyx")
+    ap.add_argument("--ants-python", default=None,
+                    help="python of a venv with antspyx (default: .venv-peers/, created if missing)")
     ap.add_argument("--atropos-mrf", default="[0.2,1x1x1]")
     ap.add_argument("--atropos-conv", default="[5,0]")
     ap.add_argument("--variants", default=None, help="comma-separated subset of variant names (default all)")
@@ -218,15 +204,15 @@ def main(argv=None) -> int:
     names["sklearn"] = "scikit-learn GaussianMixture"
     names["atropos"] = f"ANTs Atropos kmeans[3] m={args.atropos_mrf} c={args.atropos_conv}"
 
-    ants_ok, ants_note = False, ""
+    ants_ok, ants_note, ants_py = False, "", None
     if "atropos" in keys:
-        try:
-            v = subprocess.run([args.ants_python, "-c", "import ants; print(ants.__version__)"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-            ants_ok, ants_note = True, f"antspyx {v} ({args.ants_python})"
+        ants_py, ants_note = atropos_available(args.ants_python)
+        if ants_py is not None:
+            ants_ok = True
+            v = ants_note.split()[-1]
+            ants_note += f" ({'.venv-peers' if args.ants_python is None else args.ants_python})"
             names["atropos"] = f"ANTs Atropos {v}, kmeans[3], m={args.atropos_mrf}, c={args.atropos_conv}"
-        except (OSError, subprocess.CalledProcessError) as exc:
-            ants_note = f"antspyx not available ({args.ants_python}: {exc}); Atropos not run"
+        else:
             print(ants_note, file=sys.stderr)
 
     variants = VARIANTS
@@ -260,7 +246,7 @@ def main(argv=None) -> int:
                 preds["sklearn"] = lab
                 table[(vname, "sklearn")] = {"seconds": secs}
             if ants_ok:
-                lab, secs, _ = run_atropos(args.ants_python, t1_path, mask_path, tmp / f"atropos{vi}.nii.gz",
+                lab, secs, _ = run_atropos(ants_py, t1_path, mask_path, tmp / f"atropos{vi}.nii.gz",
                                            args.atropos_mrf, args.atropos_conv)
                 preds["atropos"] = lab
                 table[(vname, "atropos")] = {"seconds": secs}

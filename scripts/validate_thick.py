@@ -7,15 +7,14 @@ degraded-MNI bias field and Rician noise (``validate_degraded.degrade``), and ru
 
 * ``segment_case`` with the defaults (N4, partial volume, MRF weighted 1/distance in mm);
 * scikit-learn ``GaussianMixture`` (3 components on T1 inside the mask);
-* ANTs Atropos (k-means init, MRF) in its own environment (``--ants-python``), as in
-  ``validate_degraded.py``.
+* ANTs Atropos (k-means init, MRF) in the peers' environment ``.venv-peers/`` (created on first
+  use by ``scripts/_peers.py``; ``--ants-python`` overrides it), as in ``validate_degraded.py``.
 
-    .venv/bin/python scripts/validate_thick.py --data ../shared/data --ants-python /tmp/antsenv/bin/python
+    .venv/bin/python scripts/validate_thick.py
 """
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -24,6 +23,7 @@ import nibabel as nib
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _peers import atropos_available  # noqa: E402
 from validate_degraded import degrade, run_atropos, run_segment  # noqa: E402
 from validate_tissue import sklearn_gmm  # noqa: E402
 
@@ -40,10 +40,11 @@ def thick(a: np.ndarray, k: int) -> np.ndarray:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data")
     ap.add_argument("--thick", type=int, default=5, help="slice thickness in mm (slices averaged)")
     ap.add_argument("--seed", type=int, default=2024)
-    ap.add_argument("--ants-python", default="/tmp/antsenv/bin/python")
+    ap.add_argument("--ants-python", default=None,
+                    help="python of a venv with antspyx (default: .venv-peers/, created if missing)")
     args = ap.parse_args(argv)
 
     src = args.data / "mni152"
@@ -64,7 +65,10 @@ def main(argv=None) -> int:
     aff[:3, 2] *= k
     aff[:3, 3] += aff[:3, 2] * (k - 1) / (2.0 * k)  # centre of the first block
     wm_mean = float(t1k[truth == 3].mean())
-    ok = subprocess.run([args.ants_python, "-c", "import ants"], capture_output=True).returncode == 0
+    ants_py, ants_note = atropos_available(args.ants_python)
+    ok = ants_py is not None
+    if not ok:
+        print(ants_note, file=sys.stderr)
     cfg = config_from_dict({"outputs": {"overlay": False}})
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,7 +83,7 @@ def main(argv=None) -> int:
             res = {"segment (defaults)": (lab, sec)}
             res["scikit-learn GaussianMixture"] = sklearn_gmm(img, args.seed)
             if ok:
-                alab, asec, _ = run_atropos(args.ants_python, path, mask_path, tmp / f"a{vi}.nii.gz", "[0.2,1x1x1]", "[5,0]")
+                alab, asec, _ = run_atropos(ants_py, path, mask_path, tmp / f"a{vi}.nii.gz", "[0.2,1x1x1]", "[5,0]")
                 res["ANTs Atropos, kmeans[3], m=[0.2,1x1x1], c=[5,0]"] = (alab, asec)
             for method, (lab, sec) in res.items():
                 d = [dice(lab == c, truth == c) for c in (1, 2, 3)]

@@ -3,7 +3,9 @@
 
 Usage (from the repository root)::
 
-    .venv/bin/python scripts/validate_tumor.py [--data /work/shared/data] [--seeds 6]
+    .venv/bin/python scripts/validate_tumor.py [--data ../shared/data] [--seeds 6]
+
+(``--data`` defaults to ``../shared/data`` next to the repository root.)
 
 Every case goes through the pipeline's own steps, as ``segment run`` does: files written to a
 temporary folder, ``load_case`` (RAS, one grid), ``brain_mask_step``, ``normalize_step`` (robust
