@@ -1,0 +1,182 @@
+"""Atlas tissue priors in the mixture (issue 12): warping, naming, the prior-weighted EM, the
+shared-noise partial-volume model and the tissue QC flags."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from segment.atlas import load_template, load_tissue_priors
+from segment.config import Config, config_from_dict
+from segment.io.register import TemplateRegistration
+from segment.labeling.priors import (
+    apply_priors,
+    name_by_affinity,
+    name_by_priors,
+    prior_agreement,
+    prior_em,
+    spatial_factor,
+    warp_tissue_priors,
+)
+from segment.mixture.partial_volume import PartialVolumeMixture
+from segment.pipeline import fit_tissue_mixture, tissue_flags
+from segment.types import Volume
+
+
+def _registration(matrix: np.ndarray) -> TemplateRegistration:
+    tpl = load_template()
+    return TemplateRegistration(matrix, -1.0, 0.9, 0.0, [], tpl.head)
+
+
+def _centroid_mm(weights: np.ndarray, vol: Volume) -> np.ndarray:
+    idx = np.argwhere(np.ones(vol.shape, bool))
+    w = weights.ravel()
+    c = (idx * w[:, None]).sum(axis=0) / w.sum()
+    return vol.affine[:3, :3] @ c + vol.affine[:3, 3]
+
+
+def test_bundled_priors_are_probabilities_inside_the_template_brain():
+    csf, gm, wm = load_tissue_priors()
+    total = csf.data + gm.data + wm.data
+    assert total.max() <= 1.0 + 3 / 255
+    brain = load_template().brain_mask.data
+    assert total[brain].mean() > 0.85  # the ICBM brain fills the FSL mask but for extracerebral CSF
+    assert total[~brain].mean() < 0.02
+    for m in (csf, gm, wm):
+        assert np.allclose(m.affine, load_template().head.affine)
+
+
+@pytest.mark.parametrize("shift", [(12.0, 0.0, 0.0), (0.0, -8.0, 6.0)])
+def test_priors_warped_by_a_known_transform_land_where_expected(shift):
+    tpl = load_template()
+    # a subject grid of 3 mm voxels over the same field of view as the template
+    aff = tpl.head.affine.copy()
+    aff[:3, :3] *= 1.5
+    ref = Volume(np.zeros((61, 73, 61), np.float32), aff)
+    mask = np.ones(ref.shape, bool)
+    still = warp_tissue_priors(_registration(np.eye(4)), ref, mask)
+    mat = np.eye(4)
+    mat[:3, 3] = shift
+    moved = warp_tissue_priors(_registration(mat), ref, mask)
+    assert moved.shape == (mask.sum(), 3) and np.allclose(moved.sum(axis=1), 1.0, atol=1e-5)
+    for c in (1, 2):  # GM, WM: the flat share outside the atlas brain is subtracted
+        a = _centroid_mm(np.clip(still[:, c] - 1 / 3, 0, None).reshape(ref.shape), ref)
+        b = _centroid_mm(np.clip(moved[:, c] - 1 / 3, 0, None).reshape(ref.shape), ref)
+        assert np.allclose(b - a, shift, atol=1.0), (c, b - a)
+
+
+def _three_regions(n: int = 3000, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    true = rng.integers(0, 3, n)
+    pri = np.full((n, 3), 0.1)
+    pri[np.arange(n), true] = 0.8
+    return true, pri
+
+
+def test_naming_by_priors_follows_the_voxels_not_the_component_index():
+    true, pri = _three_regions()
+    resp = np.eye(3)[true]
+    for perm in ([0, 1, 2], [2, 0, 1], [1, 2, 0], [2, 1, 0]):
+        classes, _ = name_by_priors(resp[:, perm], pri)
+        # component j holds the voxels of class perm[j]
+        assert classes.tolist() == [p + 1 for p in perm]
+        assert name_by_affinity(resp[:, perm], pri).tolist() == [p + 1 for p in perm]
+
+
+def test_naming_by_priors_with_extra_components():
+    true, pri = _three_regions()
+    comp = true.copy()
+    comp[(true == 1) & (np.arange(true.size) % 2 == 0)] = 3  # GM split over two components
+    classes, _ = name_by_priors(np.eye(4)[comp], pri)
+    assert classes.tolist() == [1, 2, 3, 2]
+
+
+def test_prior_weight_zero_is_the_intensity_only_mixture():
+    true, pri = _three_regions()
+    assert np.all(spatial_factor(pri, 0.0) == 1.0)
+    probs = np.random.default_rng(1).dirichlet(np.ones(3), size=true.size).astype(np.float32)
+    assert np.allclose(apply_priors(probs, pri, 0.0), probs, atol=1e-6)
+
+
+def _features(true: np.ndarray, seed: int = 0, sd: float = 0.45) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    mu = np.array([-2.0, 0.0, 1.0])  # CSF, GM, WM on a T1-like axis, GM/WM overlapping
+    return (mu[true] + rng.normal(0, sd, true.size))[:, None]
+
+
+def test_prior_em_uses_the_priors_where_intensities_overlap():
+    true, pri = _three_regions(6000)
+    x = _features(true)
+    m0 = np.array([[-2.0], [0.0], [1.0]])
+    c0 = np.full((3, 1, 1), 0.3)
+    flat = prior_em(x, pri, m0, c0, 0.0)
+    spatial = prior_em(x, pri, m0, c0, 0.7)
+    acc = lambda r: float(np.mean(np.argmax(r, axis=1) == true))  # noqa: E731
+    assert acc(spatial["resp"]) > acc(flat["resp"]) + 0.05
+    assert np.allclose(spatial["alpha"].sum(), 1.0)
+
+
+def test_pipeline_naming_follows_the_priors_when_the_contrast_rule_is_wrong():
+    """A FLAIR-like channel with GM darker than WM (the contrast rule expects the opposite):
+    the priors put the classes where they live, and the run says so in a flag."""
+    true, pri = _three_regions(20000, seed=3)
+    mu = np.array([-2.0, 1.5, 0.0])  # CSF, GM, WM: GM brightest, as on FLAIR ... but named t1
+    rng = np.random.default_rng(4)
+    x = (mu[true] + rng.normal(0, 0.3, true.size))[:, None]
+    cfg = config_from_dict({"mixture": {"partial_volume": False, "prior_weight": 0.3}})
+    labels, probs, info = fit_tissue_mixture(x, ["t1"], cfg, priors=pri.astype(np.float32))
+    assert np.mean(labels == true + 1) > 0.95
+    assert info["naming"] == "priors"
+    assert any("named by the atlas priors" in f for f in info["flags"])
+    plain, _, plain_info = fit_tissue_mixture(x, ["t1"], config_from_dict({"mixture": {"partial_volume": False,
+                                                                              "prior_weight": 0.0}}))
+    assert np.mean(plain == true + 1) < 0.5 and "naming" not in plain_info  # the bug without priors
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pipeline_naming_is_seed_independent(seed):
+    true, pri = _three_regions(20000, seed=5)
+    x = _features(true, seed=6, sd=0.3)
+    cfg = config_from_dict({"seed": seed, "mixture": {"partial_volume": True}})
+    labels, _, _ = fit_tissue_mixture(x, ["t1"], cfg, priors=pri.astype(np.float32))
+    assert np.mean(labels == true + 1) > 0.9
+
+
+def test_shared_noise_keeps_grey_matter_from_widening_over_mixed_voxels():
+    """Pure GM and WM with one noise level and many GM/WM mixed voxels: the shared-noise model
+    recovers the noise and puts the boundary at the pure means' midpoint."""
+    rng = np.random.default_rng(0)
+    sd = 0.12
+    f = rng.uniform(size=30000)
+    x = np.concatenate([rng.normal(-2, sd, 8000), rng.normal(0, sd, 40000), rng.normal(1, sd, 30000),
+                        f * 1.0 + rng.normal(0, sd, f.size)])[:, None]
+    init = dict(means_init=[[-1.8], [-0.1], [0.9]], covariances_init=np.full((3, 1, 1), 0.05))
+    shared = PartialVolumeMixture(3, shared_noise=True, max_iter=500, tol=1e-7).fit(x, **init)
+    assert np.allclose(np.sqrt(shared.covariances_[:, 0, 0]), sd, rtol=0.15)
+    assert np.allclose(shared.means_.ravel(), [-2, 0, 1], atol=0.05)
+    lab = shared.predict(np.linspace(0.35, 0.65, 7)[:, None])
+    assert lab[0] == 1 and lab[-1] == 2  # the GM/WM boundary lies within 0.15 of the midpoint 0.5
+
+
+def test_tissue_flags_fire_on_implausible_labels():
+    healthy = np.ones((20, 20, 20), bool)
+    tissue = np.full(healthy.shape, 2, np.uint8)
+    tissue[:2] = 1
+    tissue[2:4] = 3  # WM 10 % of the brain, GM 80 %
+    flags = tissue_flags(tissue, healthy, None, Config())
+    assert any(f.startswith("GM/WM volume ratio 8.00") for f in flags)
+    tissue[2:4] = 2
+    tissue[2] = 3  # WM 5 % -> under the 5 % line? 400 / 8000 = 5 %: not flagged
+    assert not any("class WM" in f for f in tissue_flags(tissue, healthy, None, Config()))
+    tissue[2, :10] = 2
+    assert any("class WM labels only 2.5%" in f for f in tissue_flags(tissue, healthy, None, Config()))
+    # labels where the atlas puts another class
+    pri = np.zeros((healthy.sum(), 3), np.float32)
+    pri[:, 0] = 1.0
+    flags = tissue_flags(tissue, healthy, pri, Config())
+    assert any(f.startswith("GM labels disagree with the atlas priors") for f in flags)
+
+
+def test_prior_agreement_is_dice_with_the_argmax():
+    true, pri = _three_regions()
+    d = prior_agreement(true + 1, pri)
+    assert d == {"CSF": 1.0, "GM": 1.0, "WM": 1.0}
