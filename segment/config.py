@@ -259,7 +259,8 @@ class QCConfig(_Strict):
         "healthy brain: no adult brain has so little of any"
     )
     gm_wm_ratio: tuple[float, float] = Field(
-        (0.8, 2.0), description="flag a grey/white matter volume ratio outside [min, max] (adults: about 1.1-1.8)"
+        (0.8, 2.5), description="flag a grey/white matter volume ratio outside [min, max] (the IBSR manual labels "
+        "of young adults, cerebellum included, give 1.5-2.15; MNI152 1.8)"
     )
     min_prior_dice: float = Field(
         0.4, ge=0, le=1, description="flag a tissue class whose labels overlap the registered atlas priors' argmax "

@@ -27,12 +27,12 @@ from segment.phantom import write_phantom_cases
 SHAPE = (48, 56, 48)
 PHANTOMS = ["phantom_0", "phantom_1", "phantom_2"]
 BROKEN = {"notnifti": "not a readable NIfTI", "trunc": "truncated"}
-# keep the test quick: plain GMM labelling; the tiny phantoms' brains are ~180 mL and their
-# heads are not human (the MNI152 template does not register to them: the image-only stripper)
+# keep the test quick: plain GMM labelling; the tiny phantoms' brains are ~180 mL and they are
+# not human (no template registration, no atlas priors; their WM outweighs their GM)
 FAST_CONFIG = {
-    "mixture": {"partial_volume": False, "max_iter": 100},
+    "mixture": {"partial_volume": False, "max_iter": 100, "prior_weight": 0.0},
     "preprocess": {"skullstrip_options": {"template": False, "min_volume_ml": 100}},
-    "batch": {"qc": {"brain_volume_ml": [100, 2100]}},
+    "batch": {"qc": {"brain_volume_ml": [100, 2100], "gm_wm_ratio": [0.3, 3.0]}},
 }
 
 
