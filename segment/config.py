@@ -116,9 +116,14 @@ class MixtureConfig(_Strict):
         "by this much (and at least one voxel), so stripping errors at its edge do not pull the classes; "
         "every brain voxel is labelled",
     )
-    pv_shared_noise: bool = Field(
-        True, description="partial-volume model: one noise covariance shared by every class and mix (Shattuck et "
-        "al. 2001), so a class cannot widen over the mixed voxels beside it; false: one covariance per pure class"
+    pv_noise: Literal["shrunk", "shared", "per_class"] = Field(
+        "shrunk", description="partial-volume model's noise: shared (one covariance for every class and mix, "
+        "Shattuck et al. 2001: a class cannot widen over the mixed voxels beside it), per_class (one per pure "
+        "class), shrunk (per class, with an inverse-Wishart prior centred on the shared one: pv_noise_prior)"
+    )
+    pv_noise_prior: float = Field(
+        0.33, gt=0, le=10, description="shrunk noise: the shared covariance's weight in pseudo-voxels, as a "
+        "fraction of the fitted voxels (0.33: about one class's worth)"
     )
     prior_weight: float = Field(
         0.3, ge=0, le=1, description="weight of the registered ICBM 2009a tissue priors in the mixture: they "

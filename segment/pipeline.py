@@ -340,15 +340,21 @@ def fit_tissue_mixture(
         if pv_w is None and pv_x.shape[0] > PV_MAX_SAMPLES:
             rng = np.random.default_rng(config.seed)
             pv_x = pv_x[np.sort(rng.choice(pv_x.shape[0], size=PV_MAX_SAMPLES, replace=False))]
-        pv = PartialVolumeMixture(3, tol=1e-7, max_iter=1000, reg_covar=max(mc.reg_covar, 1e-6),
-                                  shared_noise=mc.pv_shared_noise)
         # The partial-volume model should sharpen the classes the plain mixture found, not
         # replace them: when a pure mean drifts out of its class's own spread (seen on
         # multi-modal real scans, where mixing is not linear in every channel), the plain
         # mixture's posteriors are used instead.
+        # Noise: per-class covariances shrunk towards one shared by every class and mix (the
+        # width of a class is mostly scanner noise, not mixing, so grey matter cannot widen over
+        # the GM/WM mixed voxels; a class with many voxels, or an average template whose class
+        # widths are anatomy, keeps its own), or either extreme.
+        shared = {"shrunk": float(mc.pv_noise_prior), "shared": True, "per_class": False}[mc.pv_noise]
+        pv = PartialVolumeMixture(3, tol=1e-7, max_iter=1000, reg_covar=max(mc.reg_covar, 1e-6),
+                                  shared_noise=shared)
         pv.fit(pv_x, means_init=means0, covariances_init=covs0, sample_weight=pv_w, max_drift=PV_MAX_DRIFT)
         accepted = not pv.drifted_ and float(pv.drift_.max()) <= PV_MAX_DRIFT
         info["partial_volume"] = {
+            "noise": mc.pv_noise,
             "n_iter": int(pv.n_iter_),
             "class_means": np.round(pv.means_, 4).tolist(),
             "class_weights": np.round(pv.class_weights_, 4).tolist(),

@@ -180,3 +180,16 @@ def test_prior_agreement_is_dice_with_the_argmax():
     true, pri = _three_regions()
     d = prior_agreement(true + 1, pri)
     assert d == {"CSF": 1.0, "GM": 1.0, "WM": 1.0}
+
+
+def test_shrunk_noise_lies_between_per_class_and_shared():
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.normal(-2, 0.4, 3000), rng.normal(0, 0.1, 20000), rng.normal(1, 0.1, 20000)])[:, None]
+    init = dict(means_init=[[-2.0], [0.0], [1.0]], covariances_init=np.array([[[0.16]], [[0.01]], [[0.01]]]))
+    fit = lambda s: PartialVolumeMixture(3, shared_noise=s, max_iter=300).fit(x, **init)  # noqa: E731
+    per, shared, shrunk = fit(False), fit(True), fit(0.33)
+    csf = [m.covariances_[0, 0, 0] for m in (per, shared, shrunk)]
+    assert csf[1] < csf[2] < csf[0]  # the scarce wide class is pulled towards the shared noise
+    assert np.allclose(shared.covariances_, shared.covariances_[0])
+    # a class with many voxels keeps nearly its own width
+    assert abs(np.sqrt(shrunk.covariances_[1, 0, 0]) - 0.1) < 0.05
