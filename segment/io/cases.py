@@ -84,8 +84,6 @@ def _n_channels(path: Path) -> int:
 def msd_case(image: Path, label: Path | None = None) -> Case:
     """A Medical Segmentation Decathlon Task01 case: one 4-D image whose channels are FLAIR,
     T1w, T1gd and T2w, and a label map coded 1 edema, 2 non-enhancing tumor, 3 enhancing."""
-    from .nifti import strip_nifti_suffix
-
     if label is None:
         guess = image.parent.parent / "labelsTr" / image.name
         label = guess if guess.is_file() else None

@@ -416,7 +416,6 @@ def segment_tumor(
     f = {k: v[box].astype(np.float32, copy=False) for k, v in feats.items()}
 
     # ---- 1. detection ------------------------------------------------------------------
-    fs = _smooth(f["flair"], m, cfg.smooth_mm, spacing)
     # detection: stronger smoothing and an opening of at least about one voxel, so that the
     # noise of healthy grey matter never forms a seed whatever the voxel size
     sig_det = [max(cfg.detect_smooth_mm, 0.75 * sp) for sp in spacing]
@@ -571,7 +570,7 @@ def _signature_init(f, m, reach, seeds, healthy, mods, cfg):
     """Voxels whose signature starts each tumor class, and the classes the modalities support."""
     H = healthy["means"]
     sd = np.sqrt(np.stack([np.diag(c) for c in healthy["covs"]]))
-    CSF_, GM_, WM_ = 0, 1, 2
+    CSF_, GM_ = 0, 1
     j = {k: i for i, k in enumerate(mods)}
     X = np.stack([f[k] for k in mods], axis=0)
     # outlier of every healthy class (Mahalanobis)
