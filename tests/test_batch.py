@@ -204,7 +204,7 @@ def test_rerun_skips_finished_and_redoes_interrupted(pool_run, cases_root, confi
     assert completed_row(out / "phantom_0", batch_mod.config_digest(Config())) is None
 
 
-def test_ctrl_c_writes_report_of_what_finished(pool_run, cases_root, tmp_path, monkeypatch):
+def test_ctrl_c_writes_report_of_what_finished(pool_run, cases_root, config_file, tmp_path, monkeypatch):
     _, first = pool_run
     out = tmp_path / "out"
     calls = []
@@ -217,7 +217,8 @@ def test_ctrl_c_writes_report_of_what_finished(pool_run, cases_root, tmp_path, m
         return real(case_dir, out_root, cfg, threads)
 
     monkeypatch.setattr(batch_mod.running, "run_case", fake_run_case)
-    rc = main(["batch", "--input", str(cases_root), "--out", str(out), "--workers", "1", "--no-progress"])
+    rc = main(["batch", "--input", str(cases_root), "--out", str(out), "-c", str(config_file), "--workers", "1",
+               "--no-progress"])
     assert rc == 130
     rows = {r["case_id"]: r for r in read_csv(out / "report.csv")}
     assert len(rows) == 5

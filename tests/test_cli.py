@@ -49,7 +49,8 @@ def test_run_writes_case_folder(case, tmp_path, capsys):
 
 def test_run_with_config_file(case, tmp_path):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("mixture:\n  modalities: [t1]\noutputs:\n  overlay: false\n  probabilities: true\n")
+    cfg.write_text("mixture:\n  modalities: [t1]\noutputs:\n  overlay: false\n  probabilities: true\n"
+                   "preprocess:\n  skullstrip_options:\n    template: false\n")  # brain-only phantom: quicker
     assert main(["run", str(case), "--out", str(tmp_path / "o"), "--config", str(cfg)]) == 0
     out = tmp_path / "o" / "case_one"
     assert not (out / "overlay.png").exists()

@@ -135,6 +135,7 @@ def test_hd95_bad_spacing():
         hd95(o, o, spacing=(1, 0, 1))
 
 
+@pytest.mark.serial  # wall-clock bound: `make test` runs it alone, after the parallel run
 def test_hd95_fast_on_brats_sized_volume():
     shape = (240, 240, 155)
     x, y, z = np.ogrid[: shape[0], : shape[1], : shape[2]]

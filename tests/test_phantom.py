@@ -45,6 +45,7 @@ def _means(ph, mod, labels):
     return [float(ph.images[mod][ph.tissue == lab].mean()) for lab in labels]
 
 
+@pytest.mark.serial  # wall-clock bound: `make test` runs it alone, after the parallel run
 def test_default_case_is_fast():
     t = time.perf_counter()
     make_phantom(6, tumor=True, skull=True)

@@ -16,6 +16,12 @@ from segment.pipeline import run_pipeline, segment_case
 from tests.conftest import oblique_las_affine
 
 SHAPE, SPACING = (56, 64, 56), (3.4, 3.4, 3.4)
+#: The phantoms are brain-only: their mask is the non-zero region whether or not the MNI152 template
+#: is registered (tests/io/test_register.py, tests/preprocess/test_skullstrip_template.py), so the tests
+#: below that are not about it skip it; phantom_result keeps the whole default pipeline.
+NO_TEMPLATE = {"preprocess": {"skullstrip_options": {"template": False}}}
+#: ... and tests that only check an error also skip the partial-volume model and the overlay
+QUICK = {**NO_TEMPLATE, "mixture": {"partial_volume": False}, "outputs": {"overlay": False}}
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +85,7 @@ def test_las_oblique_input_keeps_its_affine_and_labels(phantom_case, tmp_path):
     for m, img in ph.images.items():
         save_volume(flip(img), aff, case / f"{m}.nii.gz", dtype=np.float32)
     save_volume(flip(ph.tissue), aff, case / "seg.nii.gz", dtype=np.uint8)
-    res = segment_case(case, None, tmp_path / "out")
+    res = segment_case(case, config_from_dict({**NO_TEMPLATE, "outputs": {"overlay": False}}), tmp_path / "out")
     img = nib.load(str(res.outputs["tissue"]))
     np.testing.assert_allclose(img.affine, aff, atol=1e-5)
     pred = np.asarray(img.dataobj)
@@ -100,7 +106,7 @@ def test_mismatched_grids_are_resampled(phantom_case, tmp_path):
     coarse[2, 2] *= 2  # every other slice, as a thick-slice series
     save_volume(ph.images["flair"][:, :, ::2], coarse, case / "flair.nii.gz")
     save_volume(ph.tissue, aff, case / "seg.nii.gz", dtype=np.uint8)
-    res = segment_case(case, None, tmp_path / "out")
+    res = segment_case(case, config_from_dict({**NO_TEMPLATE, "outputs": {"overlay": False}}), tmp_path / "out")
     assert res.info["resampled"] == ["flair"]
     assert nib.load(str(res.outputs["tissue"])).shape == SHAPE
     assert res.metrics["dice_WM"] > 0.9
@@ -108,10 +114,10 @@ def test_mismatched_grids_are_resampled(phantom_case, tmp_path):
 
 def test_deterministic_and_seed_independent_meaning(phantom_case):
     _, case = phantom_case
-    a = run_pipeline(case, config_from_dict({"seed": 0}))
-    b = run_pipeline(case, config_from_dict({"seed": 0}))
+    a = run_pipeline(case, config_from_dict({**NO_TEMPLATE, "seed": 0}))
+    b = run_pipeline(case, config_from_dict({**NO_TEMPLATE, "seed": 0}))
     np.testing.assert_array_equal(a.tissue, b.tissue)
-    c = run_pipeline(case, config_from_dict({"seed": 123}))
+    c = run_pipeline(case, config_from_dict({**NO_TEMPLATE, "seed": 123}))
     # another seed may start the components in another order; the classes mean the same
     for k in (1, 2, 3):
         assert dice(a.tissue == k, c.tissue == k) > 0.98
@@ -123,7 +129,7 @@ def test_single_modality_and_flair_only(phantom_case, tmp_path):
         case = tmp_path / "_".join(mods)
         for m in mods:
             save_volume(ph.images[m], np.diag([*SPACING, 1.0]), case / f"{m}.nii.gz")
-        seg = run_pipeline(case)
+        seg = run_pipeline(case, config_from_dict(NO_TEMPLATE))
         # WM is always the largest class here and the ordering rule must find it
         assert dice(seg.tissue == 3, ph.tissue == 3) > 0.8, mods
 
@@ -162,7 +168,7 @@ def test_truth_with_unknown_labels(phantom_case, tmp_path):
     seg[seg == 3] = 9
     save_volume(seg, np.diag([*SPACING, 1.0]), case / "seg_tissue.nii.gz", dtype=np.uint8)
     with pytest.raises(SegmentError, match=r"seg_tissue\.nii\.gz.*\[9\]"):
-        segment_case(case, None, tmp_path / "out")
+        segment_case(case, config_from_dict(QUICK), tmp_path / "out")
 
 
 def test_unknown_config_key_is_one_clear_error():

@@ -28,6 +28,39 @@ def case(tmp_path) -> Path:
     return d
 
 
+#: for tests that need a run to finish but check neither the segmentation nor these features: the
+#: plain mixture (no partial-volume model), no MNI152 registration (the phantom is brain-only: its
+#: mask is the non-zero region either way) and, unless a test looks at it, no overlay figure
+FAST = {"mixture": {"partial_volume": False}, "preprocess": {"skullstrip_options": {"template": False}}}
+
+
+def _config_args(tmp_path_factory, name: str, cfg: dict) -> list[str]:
+    import yaml
+
+    p = tmp_path_factory.mktemp("cfg") / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return ["-c", str(p)]
+
+
+@pytest.fixture(scope="module")
+def fast(tmp_path_factory) -> list[str]:
+    """``-c FILE`` arguments: the quick configuration without the overlay."""
+    return _config_args(tmp_path_factory, "fast", {**FAST, "outputs": {"overlay": False}})
+
+
+@pytest.fixture(scope="module")
+def fast_overlay(tmp_path_factory) -> list[str]:
+    """``-c FILE`` arguments: the quick configuration with the overlay."""
+    return _config_args(tmp_path_factory, "fast_overlay", FAST)
+
+
+@pytest.fixture(scope="module")
+def no_template(tmp_path_factory) -> list[str]:
+    """``-c FILE`` arguments: the default segmentation without the MNI152 registration or overlay."""
+    return _config_args(tmp_path_factory, "no_template", {"preprocess": FAST["preprocess"],
+                                                          "outputs": {"overlay": False}})
+
+
 def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -68,12 +101,12 @@ def test_run_out_inside_the_case_folder_is_refused(case, capsys):
     assert _files(case) == before
 
 
-def test_force_keeps_a_users_own_files_and_refuses_to_overwrite_them(case, tmp_path, capsys):
+def test_force_keeps_a_users_own_files_and_refuses_to_overwrite_them(case, tmp_path, capsys, fast):
     out = tmp_path / "out"
-    assert main(["batch", "--input", str(case.parent), "--out", str(out), "--no-progress"]) == 0
+    assert main(["batch", "--input", str(case.parent), "--out", str(out), "--no-progress", *fast]) == 0
     notes = out / case.name / "my_notes.txt"
     notes.write_text("reviewed by me")
-    assert main(["batch", "--input", str(case.parent), "--out", str(out), "--force", "--no-progress"]) == 0
+    assert main(["batch", "--input", str(case.parent), "--out", str(out), "--force", "--no-progress", *fast]) == 0
     assert notes.read_text() == "reviewed by me"
     assert (out / case.name / "tissue.nii.gz").is_file()
     # a file segment did not write, under a name segment wants: never overwritten
@@ -81,7 +114,7 @@ def test_force_keeps_a_users_own_files_and_refuses_to_overwrite_them(case, tmp_p
     (other / case.name).mkdir(parents=True)
     (other / case.name / "tissue.nii.gz").write_bytes(b"my own tissue map")
     capsys.readouterr()
-    assert main(["batch", "--input", str(case.parent), "--out", str(other), "--no-progress"]) == 1
+    assert main(["batch", "--input", str(case.parent), "--out", str(other), "--no-progress", *fast]) == 1
     assert (other / case.name / "tissue.nii.gz").read_bytes() == b"my own tissue map"
     report = (other / "report.csv").read_text()
     assert "was not written by segment" in report
@@ -93,13 +126,14 @@ def test_force_keeps_a_users_own_files_and_refuses_to_overwrite_them(case, tmp_p
 def test_run_output_set_is_replaced_whole_without_stale_files(case, tmp_path):
     out = tmp_path / "out"
     cfg = tmp_path / "probs.yaml"
-    cfg.write_text("outputs:\n  probabilities: true\n  overlay: false\n")
+    no_tpl = "preprocess:\n  skullstrip_options:\n    template: false\n"  # brain-only phantom: quicker
+    cfg.write_text(no_tpl + "outputs:\n  probabilities: true\n  overlay: false\n")
     assert main(["run", str(case), "--out", str(out), "-c", str(cfg)]) == 0
     first = {p.name for p in (out / case.name).iterdir()}
     assert "prob_gm.nii.gz" in first and "result.json" in first
     (out / case.name / "my_notes.txt").write_text("mine")
     plain = tmp_path / "plain.yaml"
-    plain.write_text("outputs:\n  overlay: false\n")
+    plain.write_text(no_tpl + "outputs:\n  overlay: false\n")
     assert main(["run", str(case), "--out", str(out), "-c", str(plain)]) == 0
     second = {p.name for p in (out / case.name).iterdir()}
     assert not any(n.startswith(("prob_", "pve_")) for n in second)  # the previous run's files are gone
@@ -107,7 +141,7 @@ def test_run_output_set_is_replaced_whole_without_stale_files(case, tmp_path):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging left
 
 
-def test_run_interrupted_while_writing_leaves_no_partial_case(case, tmp_path, monkeypatch, capsys):
+def test_run_interrupted_while_writing_leaves_no_partial_case(case, tmp_path, monkeypatch, capsys, fast_overlay):
     import segment.pipeline as pipeline
 
     real = pipeline.write_overlay
@@ -117,7 +151,7 @@ def test_run_interrupted_while_writing_leaves_no_partial_case(case, tmp_path, mo
 
     monkeypatch.setattr(pipeline, "write_overlay", disk_full)
     out = tmp_path / "out"
-    rc = main(["run", str(case), "--out", str(out)])
+    rc = main(["run", str(case), "--out", str(out), *fast_overlay])
     assert rc == 1
     line = _one_error_line(capsys)
     assert "No space left on device" in line or "disk full" in line
@@ -126,11 +160,11 @@ def test_run_interrupted_while_writing_leaves_no_partial_case(case, tmp_path, mo
     monkeypatch.setattr(pipeline, "write_overlay", real)
 
 
-def test_report_files_follow_the_umask(case, tmp_path):
+def test_report_files_follow_the_umask(case, tmp_path, fast_overlay):
     out = tmp_path / "out"
     old = os.umask(0o022)
     try:
-        assert main(["run", str(case), "--out", str(out)]) == 0
+        assert main(["run", str(case), "--out", str(out), *fast_overlay]) == 0
     finally:
         os.umask(old)
     for name in ("metrics.json", "overlay.png", "result.json", "tissue.nii.gz"):
@@ -159,12 +193,13 @@ def _dice(out: Path, name: str) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("shift_mm, crop_from", [(0.1, 0), (0.1, 30)])
-def test_series_on_a_shifted_or_cropped_grid_keeps_the_tissue(case, tmp_path, shift_mm, crop_from, capsys):
+def test_series_on_a_shifted_or_cropped_grid_keeps_the_tissue(case, tmp_path, shift_mm, crop_from, capsys,
+                                                              no_template):
     # before: the resampled FLAIR's rim enlarged the brain mask (GM Dice 0.81, CSF 0.0), and a
     # FLAIR covering half the brain narrowed the mask to its field of view (Dice 0.67)
     d = _shifted_copy(case, tmp_path / "in" / "shifted", shift_mm, crop_from)
     out = tmp_path / "out"
-    assert main(["run", str(d), "--out", str(out)]) == 0
+    assert main(["run", str(d), "--out", str(out), *no_template]) == 0
     m = _dice(out, "shifted")
     assert m["dice_GM"] > 0.9 and m["dice_CSF"] > 0.8 and m["dice_WM"] > 0.95
     mask = np.asarray(nib.load(str(out / "shifted" / "brain_mask.nii.gz")).dataobj) > 0
@@ -180,19 +215,19 @@ def test_series_on_a_shifted_or_cropped_grid_keeps_the_tissue(case, tmp_path, sh
 # --------------------------------------------------------------------------- 3. float labels
 
 
-def test_non_integer_labels_are_an_error_naming_file_and_values(case, tmp_path, capsys):
+def test_non_integer_labels_are_an_error_naming_file_and_values(case, tmp_path, capsys, fast):
     seg = nib.load(str(case / "seg.nii.gz"))
     data = np.asarray(seg.dataobj).astype(np.float32)
     data[data == 1] = 0.5
     nib.save(nib.Nifti1Image(data, seg.affine), str(case / "seg.nii.gz"))
     out = tmp_path / "out"
-    assert main(["run", str(case), "--out", str(out)]) == 1
+    assert main(["run", str(case), "--out", str(out), *fast]) == 1
     line = _one_error_line(capsys)
     assert "seg.nii.gz" in line and "0.5" in line
     assert not (out / case.name).exists()
     assert main(["evaluate", str(case / "seg.nii.gz"), str(TISSUE / "seg.nii.gz")]) == 1
     assert "0.5" in _one_error_line(capsys)
-    assert main(["batch", "--input", str(case.parent), "--out", str(tmp_path / "b"), "--no-progress"]) == 1
+    assert main(["batch", "--input", str(case.parent), "--out", str(tmp_path / "b"), "--no-progress", *fast]) == 1
     assert "non-integer" in (tmp_path / "b" / "report.csv").read_text()
 
 
@@ -286,14 +321,14 @@ def test_phantom_bad_arguments_are_usage_errors(tmp_path, args, capsys):
     assert not (tmp_path / "ph").exists()
 
 
-def test_disk_full_in_run_is_one_line(case, tmp_path, monkeypatch, capsys):
+def test_disk_full_in_run_is_one_line(case, tmp_path, monkeypatch, capsys, fast):
     import segment.pipeline as pipeline
 
     def full(*a, **k):
         raise OSError(28, "No space left on device", str(tmp_path / "out" / "x.nii.gz"))
 
     monkeypatch.setattr(pipeline, "save_volume", full)
-    assert main(["run", str(case), "--out", str(tmp_path / "out")]) == 1
+    assert main(["run", str(case), "--out", str(tmp_path / "out"), *fast]) == 1
     assert "No space left" in _one_error_line(capsys) or "disk full" in capsys.readouterr().err
     assert not (tmp_path / "out" / case.name).exists()
 
@@ -344,23 +379,24 @@ def test_absurd_voxel_size_is_refused(case, tmp_path, capsys):
     assert "voxel size" in _one_error_line(capsys)
 
 
-def test_verbose_logs_every_step_with_its_time(case, tmp_path, caplog):
+def test_verbose_logs_every_step_with_its_time(case, tmp_path, caplog, fast):
     import logging
 
     with caplog.at_level(logging.INFO, logger="segment"):
-        assert main(["-v", "run", str(case), "--out", str(tmp_path / "out")]) == 0
+        assert main(["-v", "run", str(case), "--out", str(tmp_path / "out"), *fast]) == 0
     text = caplog.text
     for step in ("load", "brain_mask", "normalize", "mixture"):
         assert f"{case.name}: {step} done in" in text
 
 
-def test_empty_and_nested_case_folders_get_a_row(case, tmp_path):
+def test_empty_and_nested_case_folders_get_a_row(case, tmp_path, fast):
     root = case.parent
     (root / "empty_case").mkdir()
     (root / "site_b" / "case_x").mkdir(parents=True)
     shutil.copy(TISSUE / "t1.nii.gz", root / "site_b" / "case_x" / "t1.nii.gz")
     out = tmp_path / "out"
-    assert main(["batch", "--input", str(root), "--out", str(out), "--no-progress"]) == 1
+    # one worker: the process pool's failed rows are tested in tests/test_batch.py
+    assert main(["batch", "--input", str(root), "--out", str(out), "--no-progress", "--workers", "1", *fast]) == 1
     import csv
 
     rows = {r["case_id"]: r for r in csv.DictReader(open(out / "report.csv"))}
@@ -369,7 +405,7 @@ def test_empty_and_nested_case_folders_get_a_row(case, tmp_path):
     assert rows["site_b"]["status"] == "failed" and "case_x" in rows["site_b"]["error"]
 
 
-def test_all_zero_tumor_truth_is_flagged_not_a_silent_perfect_score(tmp_path, capsys):
+def test_all_zero_tumor_truth_is_flagged_not_a_silent_perfect_score(tmp_path, capsys, fast):
     src = SAMPLE / "phantom_tumor_2"
     d = tmp_path / "in" / "zero_truth"
     d.mkdir(parents=True)
@@ -377,7 +413,7 @@ def test_all_zero_tumor_truth_is_flagged_not_a_silent_perfect_score(tmp_path, ca
         shutil.copy(f, d / f.name)
     seg = nib.load(str(d / "seg.nii.gz"))
     nib.save(nib.Nifti1Image(np.zeros(seg.shape, np.uint8), seg.affine), str(d / "seg.nii.gz"))
-    assert main(["run", str(d), "--out", str(tmp_path / "out")]) == 0
+    assert main(["run", str(d), "--out", str(tmp_path / "out"), *fast]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert any("holds no tumor label" in f for f in summary["flags"])
     # folder mode: the empty truth is a flag of the case's row
@@ -391,12 +427,12 @@ def test_all_zero_tumor_truth_is_flagged_not_a_silent_perfect_score(tmp_path, ca
     assert "ground truth is empty" in report
 
 
-def test_more_workers_than_cores_is_capped_with_a_warning(case, tmp_path, capsys, monkeypatch):
+def test_more_workers_than_cores_is_capped_with_a_warning(case, tmp_path, capsys, monkeypatch, fast):
     import segment.batch.run as run_mod
 
     monkeypatch.setattr(run_mod, "available_cores", lambda: 1)
     assert main(["batch", "--input", str(case.parent), "--out", str(tmp_path / "out"), "--workers", "64",
-                 "--no-progress"]) == 0
+                 "--no-progress", *fast]) == 0
     err = capsys.readouterr().err
     assert "64 workers requested" in err and "using 1" in err
     assert "this process" in (tmp_path / "out" / "run.log").read_text()

@@ -35,7 +35,12 @@ from segment.phantom import make_phantom
 from segment.report.bids_derivatives import derivative_names, write_session
 
 SHAPE = (48, 56, 48)
+# quick: plain GMM labelling, no MNI152 registration (brain-only phantoms: the mask is their
+# non-zero region either way; registration is tested in tests/io/test_register.py), no overlay
+# figures (not BIDS files; tested in tests/test_batch.py and tests/report/)
 FAST = {"mixture": {"partial_volume": False, "max_iter": 100},
+        "preprocess": {"skullstrip_options": {"template": False}},
+        "outputs": {"overlay": False},
         "batch": {"qc": {"brain_volume_ml": [100, 2100]}}}
 
 # ----------------------------------------------------------------------------- naming rules

@@ -9,11 +9,16 @@ import numpy as np
 import pytest
 
 from segment.cli import main
+from segment.config import config_from_dict
 from segment.io.cases import find_case, load_case
 from segment.phantom import make_phantom
 from segment.pipeline import segment_case
 
 SHAPE, SPACING = (56, 64, 56), (3.4, 3.4, 3.4)
+#: the tests are about reading the layout and its labels: no MNI152 registration (brain-only
+#: phantoms: the mask is the non-zero region either way), no partial-volume model, no overlay
+QUICK = {"mixture": {"partial_volume": False}, "preprocess": {"skullstrip_options": {"template": False}},
+         "outputs": {"overlay": False}}
 
 
 def _msd_arrays(seed):
@@ -67,7 +72,7 @@ def test_msd_folder_with_one_4d_image(msd_root, tmp_path):
 
 def test_msd_labels_are_mapped_to_internal_coding(msd_root, tmp_path):
     root, phs = msd_root
-    res = segment_case(root / "imagesTr" / "BRATS_001.nii.gz", None, tmp_path / "out")
+    res = segment_case(root / "imagesTr" / "BRATS_001.nii.gz", config_from_dict(QUICK), tmp_path / "out")
     # the labels were recoded on load: a wrong mapping would swap NCR and ED and ruin TC
     assert res.metrics["dice_WT"] > 0.85
     assert res.metrics["dice_TC"] > 0.8
@@ -77,8 +82,13 @@ def test_msd_labels_are_mapped_to_internal_coding(msd_root, tmp_path):
 
 def test_batch_over_msd_root(msd_root, tmp_path):
     root, _ = msd_root
+    import yaml
+
     out = tmp_path / "batch"
-    assert main(["batch", "--input", str(root), "--out", str(out), "--workers", "1", "--no-progress"]) == 0
+    cfg = tmp_path / "quick.yaml"
+    cfg.write_text(yaml.safe_dump(QUICK))
+    assert main(["batch", "--input", str(root), "--out", str(out), "--workers", "1", "--no-progress",
+                 "-c", str(cfg)]) == 0
     rows = list(csv.DictReader(open(out / "report.csv")))
     assert [r["case_id"] for r in rows] == ["BRATS_000", "BRATS_001"]
     assert all(r["status"] == "ok" for r in rows)

@@ -68,17 +68,31 @@ def _head(spacing, contrast="t1", seed=0, noise=0.03, eye=None, fov=(180.0, 220.
     return (img * 1000.0).astype(np.float32), brain, eye_mask
 
 
+def _shared(*arrays):
+    """Arrays shared by several tests, read-only so that no test can change them for another."""
+    for a in arrays:
+        a.flags.writeable = False
+    return arrays
+
+
 # ---------------------------------------------------------------------------- orientation
+@pytest.fixture(scope="module")
+def head_223():
+    """The 2 x 2 x 3 mm head and its mask, computed once for the orientation tests."""
+    sp = (2.0, 2.0, 3.0)
+    img, truth, _ = _head(sp)
+    return _shared(img, truth, skullstrip(img, sp, modalities=["t1"]))
+
+
 @pytest.mark.parametrize(
     "perm, flips",
     [((1, 2, 0), ()), ((2, 0, 1), ()), ((0, 2, 1), (1,)), ((0, 1, 2), (0, 2)), ((2, 1, 0), (0,))],
 )
-def test_mask_unchanged_by_axis_order_and_flips(perm, flips):
+def test_mask_unchanged_by_axis_order_and_flips(perm, flips, head_223):
     """Apart from the neck rule (which has nothing to cut here), no step depends on the array
     axes."""
     sp = np.array([2.0, 2.0, 3.0])
-    img, truth, _ = _head(sp)
-    ref = skullstrip(img, sp, modalities=["t1"])
+    img, truth, ref = head_223
     moved = np.transpose(img, perm)
     for ax in flips:
         moved = np.flip(moved, axis=ax)
@@ -90,13 +104,12 @@ def test_mask_unchanged_by_axis_order_and_flips(perm, flips):
     assert _dice(back, truth) > 0.95
 
 
-def test_file_orientation_is_undone_by_reorientation():
+def test_file_orientation_is_undone_by_reorientation(head_223):
     """The pipeline and `segment skullstrip` reorient to RAS first: a file stored in another
     axis order gives the same mask voxel for voxel."""
     sp = (2.0, 2.0, 3.0)
-    img, _, _ = _head(sp)
+    img, _, ref = head_223
     aff = np.diag([*sp, 1.0])
-    ref = skullstrip(img, sp, modalities=["t1"])
     # stored as a sagittal series: axes (A-P, S-I reversed, L-R)
     stored = np.ascontiguousarray(np.flip(np.transpose(img, (1, 2, 0)), axis=1))
     a2 = np.zeros((4, 4))
@@ -135,12 +148,19 @@ def test_large_grid_half_resolution_path_matches():
 
 
 # ---------------------------------------------------------------------------- intensities
-@pytest.mark.parametrize("scale, offset_frac", [(1000.0, 0.2), (1e-3, 0.0), (1.0, 0.5), (7.0, -0.1)])
-def test_mask_unchanged_by_intensity_scale_and_offset(scale, offset_frac):
-    """The air level (median outside the head), not 0, is the intensity reference."""
+@pytest.fixture(scope="module")
+def head_seed3():
+    """The 2 x 2 x 2.5 mm head of seed 3 and its mask, computed once for the intensity tests."""
     sp = (2.0, 2.0, 2.5)
     img, truth, _ = _head(sp, seed=3)
-    ref = skullstrip(img, sp, modalities=["t1"])
+    return _shared(img, truth, skullstrip(img, sp, modalities=["t1"]))
+
+
+@pytest.mark.parametrize("scale, offset_frac", [(1000.0, 0.2), (1e-3, 0.0), (1.0, 0.5), (7.0, -0.1)])
+def test_mask_unchanged_by_intensity_scale_and_offset(scale, offset_frac, head_seed3):
+    """The air level (median outside the head), not 0, is the intensity reference."""
+    sp = (2.0, 2.0, 2.5)
+    img, truth, ref = head_seed3
     med = float(np.median(img[truth]))
     mask = skullstrip(img * scale + offset_frac * med * scale, sp, modalities=["t1"])
     assert _dice(mask, ref) > 0.995

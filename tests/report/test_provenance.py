@@ -22,6 +22,9 @@ from segment.report.provenance import (
 )
 
 SHAPE, SPACING = (48, 56, 48), (4.0, 4.0, 4.0)
+#: the default configuration but for the MNI152 registration, which the brain-only phantoms do not
+#: need (their mask is the non-zero region either way) and which these tests do not check
+CONFIG = load_config(None, {"preprocess": {"skullstrip_options": {"template": False}}})
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +45,14 @@ def _read_csv(path):
 
 
 def test_run_writes_provenance_volumes_and_log(tissue_case, tmp_path):
-    res = pipeline.segment_case(tissue_case, Config(), tmp_path / "o")
+    res = pipeline.segment_case(tissue_case, CONFIG, tmp_path / "o")
     out = tmp_path / "o"
     for f in ("provenance.json", "volumes.csv", "segment.log"):
         assert (out / f).is_file(), f
         assert res.outputs[{"provenance.json": "provenance", "volumes.csv": "volumes", "segment.log": "log"}[f]] == out / f
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["case_id"] == "tissue_case"
-    assert prov["config"] == Config().to_dict()  # the resolved config, every default filled in
+    assert prov["config"] == CONFIG.to_dict()  # the resolved config, every default filled in
     assert prov["dependencies"]["numpy"] == np.__version__
     t1 = prov["inputs"]["modalities"]["t1"]
     assert t1["sha256"] == sha256_file(tissue_case / "t1.nii.gz")
@@ -65,10 +68,10 @@ def test_run_writes_provenance_volumes_and_log(tissue_case, tmp_path):
 def test_fallback_becomes_a_recorded_warning_and_flag(tissue_case, tmp_path, monkeypatch):
     """A partial-volume fit whose means drift beyond the limit falls back to the plain mixture:
     the fallback is in provenance.json (warnings and QC flags), segment.log and the result."""
-    clean = pipeline.segment_case(tissue_case, Config(), tmp_path / "clean")
+    clean = pipeline.segment_case(tissue_case, CONFIG, tmp_path / "clean")
     assert not any("fell back" in w for w in clean.info["warnings"])
     monkeypatch.setattr(pipeline, "PV_MAX_DRIFT", 0.0)  # any drift is too much: forces the fallback
-    res = pipeline.segment_case(tissue_case, Config(), tmp_path / "fb")
+    res = pipeline.segment_case(tissue_case, CONFIG, tmp_path / "fb")
     prov = json.loads((tmp_path / "fb" / "provenance.json").read_text())
     assert any("partial-volume model fell back to the plain mixture" in w for w in prov["warnings"])
     assert any("fell back" in f for f in prov["qc_flags"])
@@ -85,7 +88,7 @@ def test_run_and_batch_writer_carry_the_fallback(tissue_case, tmp_path, monkeypa
     from segment.publish import write_case
 
     monkeypatch.setattr(pipeline, "PV_MAX_DRIFT", 0.0)
-    result, row, caught = write_case(tissue_case, Config(), tmp_path / "w")
+    result, row, caught = write_case(tissue_case, CONFIG, tmp_path / "w")
     manifest = json.loads((tmp_path / "w" / "tissue_case" / "result.json").read_text())
     for f in ("provenance.json", "volumes.csv", "segment.log"):
         assert f in manifest["outputs"]
@@ -94,14 +97,18 @@ def test_run_and_batch_writer_carry_the_fallback(tissue_case, tmp_path, monkeypa
     assert "fell back" in row["flags"]
     prov = json.loads((tmp_path / "w" / "tissue_case" / "provenance.json").read_text())
     assert prov["qc_flags"] == manifest["flags"]  # the same flags in every record
-    assert main(["run", str(tissue_case), "--out", str(tmp_path / "r")]) == 0
+    cfg = tmp_path / "no_template.yaml"
+    cfg.write_text("preprocess:\n  skullstrip_options:\n    template: false\n")
+    assert main(["run", str(tissue_case), "--out", str(tmp_path / "r"), "-c", str(cfg)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert any("fell back" in f for f in summary["flags"])
     assert any("fell back" in w for w in summary["warnings"])
 
 
 def test_volumes_csv_sums_to_the_brain_volume(tumor_case, tmp_path):
-    pipeline.segment_case(tumor_case, load_config(None, {"tumor": {"enabled": "on"}}), tmp_path)
+    pipeline.segment_case(tumor_case, load_config(None, {"tumor": {"enabled": "on"},
+                                                         "preprocess": {"skullstrip_options": {"template": False}}}),
+                          tmp_path)
     rows = _read_csv(tmp_path / "volumes.csv")
     by = {r["structure"]: r for r in rows}
     assert {"CSF", "GM", "WM", "tumor", "brain", "NCR", "ED", "ET"} <= set(by)
@@ -124,7 +131,7 @@ def test_volumes_csv_sums_to_the_brain_volume(tumor_case, tmp_path):
 
 
 def test_volumes_rows_without_fractions_leave_pve_empty(tissue_case):
-    seg = pipeline.run_pipeline(tissue_case, Config())
+    seg = pipeline.run_pipeline(tissue_case, CONFIG)
     seg.info.pop("pve_sums")
     seg.fractions = None
     rows = volumes_rows(seg)
