@@ -27,8 +27,7 @@ demo: $(VENV)/.installed
 	@echo "results: results/report.csv, results/summary.csv, results/<case>/overlay.png"
 
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q -n 2 --dist loadscope -m "not serial"
-	$(BIN)/python -m pytest -q -m serial
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python scripts/bench_gmm.py

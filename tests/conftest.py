@@ -30,14 +30,6 @@ def write_nifti(path, data, affine=None, dtype=None):
     return path
 
 
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers",
-        "serial: a wall-clock bound; `make test` runs the others on two workers (pytest-xdist) and "
-        "then these alone (-m serial), so that a busy worker cannot slow them down",
-    )
-
-
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
