@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from segment import pipeline
-from segment.config import Config, load_config
+from segment.config import load_config
 from segment.phantom import make_phantom, write_phantom_case
 from segment.report.provenance import (
     CaseLog,
