@@ -205,13 +205,16 @@ def _ball(radius_mm: float, spacing) -> np.ndarray:
 
 
 def _fill_all_axes(mask: np.ndarray) -> np.ndarray:
+    """Holes filled in 3-D, then in every slice along each axis in turn (a structure without
+    neighbours across slices fills each slice on its own, as a 2-D fill would, in one call)."""
     out = ndi.binary_fill_holes(mask)
     for ax in range(3):
-        for i in np.flatnonzero(out.any(axis=tuple(a for a in range(3) if a != ax))):
-            sl = [slice(None)] * 3
-            sl[ax] = i
-            sl = tuple(sl)
-            out[sl] |= ndi.binary_fill_holes(out[sl])
+        st = np.zeros((3, 3, 3), bool)
+        plane = [1, 1, 1]
+        plane[ax] = slice(1, 2)
+        st[tuple(slice(None) if p == 1 else p for p in plane)] = ndi.generate_binary_structure(2, 1).reshape(
+            [1 if a == ax else 3 for a in range(3)])
+        out |= ndi.binary_fill_holes(out, structure=st)
     return out
 
 
