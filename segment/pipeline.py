@@ -300,7 +300,9 @@ def fit_tissue_mixture(
             alt, by_priors = fits[b], cands[b]
             gain = alt["log_likelihood"] - prior_fit["log_likelihood"]
             info["naming_gain"] = round(float(gain), 5)
-            if gain > NAMING_MIN_GAIN:
+            agree = contrast_agreement(gmm.means_, modalities)
+            info["contrast_agreement"] = agree
+            if gain > NAMING_MIN_GAIN and agree < 2:
                 prior_fit, classes = alt, by_priors
                 info["naming"] = "priors"
                 msg = ("tissue classes named by the atlas priors, not by the contrast rule "
@@ -308,7 +310,9 @@ def fit_tissue_mixture(
                        f"{[TISSUE_LABELS[int(c)] for c in by_contrast]} by contrast)")
             else:
                 info["naming"] = "contrast"
-                msg = ("tissue classes named by the contrast rule; the atlas priors suggest "
+                why = (f"{agree} modalities agree on the contrast order" if agree >= 2
+                       else "the priors' naming does not explain the voxels better")
+                msg = (f"tissue classes named by the contrast rule ({why}); the atlas priors suggest "
                        f"{[TISSUE_LABELS[int(c)] for c in by_priors]}")
             log.warning(msg)
             info.setdefault("flags", []).append(msg)
@@ -406,6 +410,21 @@ PRIOR_SAMPLES = 30_000
 
 #: Voxels the mixture of the series covering a region outside another's field of view is fitted on.
 FOV_FIT_SAMPLES = 200_000
+
+
+def contrast_agreement(means: np.ndarray, modalities: list[str]) -> int:
+    """How many modalities with a known tissue contrast (T1, T1c: CSF < GM < WM; T2: the reverse)
+    order the components exactly as the contrast rule's score does. Two or more agreeing make the
+    contrast naming trustworthy: the atlas priors (affine, blurred) then never overrule it."""
+    from .labeling.tissue import _T1_LIKE_SIGN, tissue_axis_score
+
+    means = np.atleast_2d(np.asarray(means, np.float64))
+    order = np.argsort(tissue_axis_score(means, modalities), kind="stable")
+    n = 0
+    for j, m in enumerate(modalities):
+        if m in _T1_LIKE_SIGN and np.array_equal(np.argsort(_T1_LIKE_SIGN[m] * means[:, j], kind="stable"), order):
+            n += 1
+    return n
 
 
 def tissue_flags(tissue: np.ndarray, healthy: np.ndarray, priors: np.ndarray | None, config: Config) -> list[str]:

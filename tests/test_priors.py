@@ -193,3 +193,19 @@ def test_shrunk_noise_lies_between_per_class_and_shared():
     assert np.allclose(shared.covariances_, shared.covariances_[0])
     # a class with many voxels keeps nearly its own width
     assert abs(np.sqrt(shrunk.covariances_[1, 0, 0]) - 0.1) < 0.05
+
+
+def test_two_agreeing_contrasts_are_not_overruled_by_the_priors():
+    """T1 and T2 both order the classes CSF < GM < WM (T2 reversed): the atlas, here deliberately
+    wrong (it puts GM where WM is), cannot rename them; the disagreement is a flag."""
+    true, pri = _three_regions(20000, seed=7)
+    wrong = pri[:, [0, 2, 1]]  # GM and WM swapped in the atlas
+    rng = np.random.default_rng(8)
+    t1 = np.array([-2.0, 0.0, 1.0])[true] + rng.normal(0, 0.2, true.size)
+    t2 = np.array([2.0, 0.5, -0.5])[true] + rng.normal(0, 0.2, true.size)
+    cfg = config_from_dict({"mixture": {"partial_volume": False}})
+    labels, _, info = fit_tissue_mixture(np.stack([t1, t2], axis=1), ["t1", "t2"], cfg,
+                                         priors=wrong.astype(np.float32))
+    assert info["contrast_agreement"] == 2 and info["naming"] == "contrast"
+    assert np.mean(labels == true + 1) > 0.9
+    assert any("named by the contrast rule (2 modalities agree" in f for f in info["flags"])
