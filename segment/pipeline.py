@@ -310,7 +310,7 @@ def fit_tissue_mixture(
                        f"{[TISSUE_LABELS[int(c)] for c in by_contrast]} by contrast)")
             else:
                 info["naming"] = "contrast"
-                why = (f"{agree} modalities agree on the contrast order" if agree >= 2
+                why = ("T1 and T2 agree on the contrast order" if agree >= 2
                        else "the priors' naming does not explain the voxels better")
                 msg = (f"tissue classes named by the contrast rule ({why}); the atlas priors suggest "
                        f"{[TISSUE_LABELS[int(c)] for c in by_priors]}")
@@ -413,18 +413,19 @@ FOV_FIT_SAMPLES = 200_000
 
 
 def contrast_agreement(means: np.ndarray, modalities: list[str]) -> int:
-    """How many modalities with a known tissue contrast (T1, T1c: CSF < GM < WM; T2: the reverse)
-    order the components exactly as the contrast rule's score does. Two or more agreeing make the
-    contrast naming trustworthy: the atlas priors (affine, blurred) then never overrule it."""
+    """How many independent contrasts order the components exactly as the contrast rule's score
+    does: the T1 family (T1, T1c: CSF < GM < WM; one vote, since T1c is T1 with contrast agent)
+    and T2 (the reverse). Two make the contrast naming trustworthy: the atlas priors (affine,
+    blurred) then never overrule it."""
     from .labeling.tissue import _T1_LIKE_SIGN, tissue_axis_score
 
     means = np.atleast_2d(np.asarray(means, np.float64))
     order = np.argsort(tissue_axis_score(means, modalities), kind="stable")
-    n = 0
+    votes = set()
     for j, m in enumerate(modalities):
         if m in _T1_LIKE_SIGN and np.array_equal(np.argsort(_T1_LIKE_SIGN[m] * means[:, j], kind="stable"), order):
-            n += 1
-    return n
+            votes.add("t2" if m == "t2" else "t1")
+    return len(votes)
 
 
 def tissue_flags(tissue: np.ndarray, healthy: np.ndarray, priors: np.ndarray | None, config: Config) -> list[str]:

@@ -208,4 +208,4 @@ def test_two_agreeing_contrasts_are_not_overruled_by_the_priors():
                                          priors=wrong.astype(np.float32))
     assert info["contrast_agreement"] == 2 and info["naming"] == "contrast"
     assert np.mean(labels == true + 1) > 0.9
-    assert any("named by the contrast rule (2 modalities agree" in f for f in info["flags"])
+    assert any("named by the contrast rule (T1 and T2 agree" in f for f in info["flags"])
