@@ -23,8 +23,6 @@ where they disagree on GM/WM) go to ``docs/figures/ibsr_<subject>.png``.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -35,42 +33,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _docs import NOTES, doc_command, kept_notes, load_config_file, machine_line  # noqa: E402
 from _peers import ATROPOS_CONV, ATROPOS_INIT, ATROPOS_MRF, atropos_available, run_atropos  # noqa: E402
 
-from segment.config import Config, config_from_dict  # noqa: E402
 from segment.io.nifti import load_volume, reorient_to_ras, save_volume  # noqa: E402
 from segment.metrics import dice  # noqa: E402
 from segment.pipeline import run_pipeline  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
-#: Hand-written findings after this marker in --out survive a re-run.
-NOTES = "<!-- notes: kept when the script rewrites this file -->"
 BAR_GM, BAR_WM = 0.88, 0.89
 CLASSES = {1: "CSF", 2: "GM", 3: "WM"}
-
-
-def doc_command(script: str, argv: list[str]) -> str:
-    """The command line for a doc, without this machine's paths (absolute paths become relative
-    to the repository root; a data folder outside it becomes ``../shared/data``)."""
-    out = []
-    for a in argv:
-        key, eq, val = a.partition("=") if a.startswith("--") and "=" in a else ("", "", a)
-        p = Path(val)
-        if p.is_absolute():
-            try:
-                val = p.resolve().relative_to(ROOT).as_posix()
-            except ValueError:
-                val = "../shared/data" if p.parts[-2:] == ("shared", "data") else f"<{p.name}>"
-        out.append(f"{key}{eq}{val}" if eq else val)
-    return " ".join(["python", script, *out])
-
-
-def load_config_file(path: Path | None) -> Config:
-    if path is None:
-        return Config()
-    import yaml
-
-    return config_from_dict(yaml.safe_load(path.read_text()) or {}, source=str(path))
 
 
 def squeeze3(a: np.ndarray) -> np.ndarray:
@@ -279,11 +251,8 @@ def main(argv=None) -> int:
 
     if args.out:
         cmd = doc_command("scripts/validate_ibsr.py", list(argv if argv is not None else sys.argv[1:]))
-        machine = (f"{platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-                   f"load average at the end {os.getloadavg()[1]:.1f} (5 min; other jobs share the machine)")
-        notes = ""
-        if args.out.is_file() and NOTES in args.out.read_text():
-            notes = args.out.read_text().split(NOTES, 1)[1]
+        machine = machine_line()
+        notes = kept_notes(args.out)
         figs = "\n".join(
             f"![{s}](figures/ibsr_{s.lower().replace('ibsr_', '')}.png)" for s in subjects)
         cfg = f"`{args.config.as_posix()}`" if args.config else "the defaults (`Config()`)"

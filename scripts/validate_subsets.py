@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -36,6 +35,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _docs import NOTES, doc_command, kept_notes, load_config_file, machine_line  # noqa: E402
 from segment.config import Config, config_from_dict  # noqa: E402
 from segment.metrics import dice  # noqa: E402
 from segment.pipeline import run_pipeline  # noqa: E402
@@ -46,36 +47,10 @@ CASES: dict[str, list[tuple[str, str]]] = {
     "tcia_raw": [("t1", "t1.nii.gz"), ("t1c", "t1c.nii.gz"), ("t2", "t2.nii.gz"), ("flair", "flair.nii.gz")],
     "brats_glioma": [("t1", "t1n.nii.gz"), ("t1c", "t1c.nii.gz"), ("t2", "t2w.nii.gz"), ("flair", "t2f.nii.gz")],
 }
-#: Hand-written findings after this marker in --out survive a re-run.
-NOTES = "<!-- notes: kept when the script rewrites this file -->"
 BAR_T1, BAR_OTHER = 0.80, 0.70
 #: Plausibility checks issue 12 asks the pipeline to flag (shown beside the run's own flags, not counted as flags).
 MIN_CLASS_SHARE, GM_WM_RATIO = 0.05, (0.8, 2.0)
 ADULT_ML = {"CSF": (50.0, 700.0), "GM": (350.0, 1000.0), "WM": (300.0, 900.0)}
-
-
-def doc_command(script: str, argv: list[str]) -> str:
-    """The command line for a doc, without this machine's paths (absolute paths become relative
-    to the repository root; a data folder outside it becomes ``../shared/data``)."""
-    out = []
-    for a in argv:
-        key, eq, val = a.partition("=") if a.startswith("--") and "=" in a else ("", "", a)
-        p = Path(val)
-        if p.is_absolute():
-            try:
-                val = p.resolve().relative_to(ROOT).as_posix()
-            except ValueError:
-                val = "../shared/data" if p.parts[-2:] == ("shared", "data") else f"<{p.name}>"
-        out.append(f"{key}{eq}{val}" if eq else val)
-    return " ".join(["python", script, *out])
-
-
-def load_config_file(path: Path | None) -> Config:
-    if path is None:
-        return Config()
-    import yaml
-
-    return config_from_dict(yaml.safe_load(path.read_text()) or {}, source=str(path))
 
 
 def run_flags(seg, config: Config) -> list[str]:
@@ -251,11 +226,8 @@ def main(argv=None) -> int:
 
     if args.out:
         cmd = doc_command("scripts/validate_subsets.py", list(argv if argv is not None else sys.argv[1:]))
-        machine = (f"{platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-                   f"load average at the end {os.getloadavg()[1]:.1f} (5 min; other jobs share the machine)")
-        notes = ""
-        if args.out.is_file() and NOTES in args.out.read_text():
-            notes = args.out.read_text().split(NOTES, 1)[1]
+        machine = machine_line()
+        notes = kept_notes(args.out)
         cfg = f"`{args.config.as_posix()}`" if args.config else "the defaults (`Config()`)"
         args.out.write_text(
             "## Tissue from every subset of the modalities\n\n"
