@@ -222,6 +222,31 @@ def rigid_register(
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(old_threads)
 
 
+def _mi_method(sitk, bins, seed, threads, n_iter: int, pct: float | None, *, learning_rate: float,
+               min_step: float, gradient_filters: bool = True):
+    """A SimpleITK registration method: Mattes mutual information on every voxel (``pct`` None)
+    or a seeded random ``pct`` of them, linear interpolation, regular-step gradient descent."""
+    r = sitk.ImageRegistrationMethod()
+    r.SetMetricAsMattesMutualInformation(numberOfHistogramBins=int(bins))
+    if pct is None:
+        r.SetMetricSamplingStrategy(r.NONE)
+    else:
+        r.SetMetricSamplingStrategy(r.RANDOM)
+        # SimpleITK reads seed 0 as 'use the wall clock': shift by one to stay deterministic
+        r.SetMetricSamplingPercentage(float(pct), int(seed) + 1)
+    r.SetInterpolator(sitk.sitkLinear)
+    r.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=float(learning_rate), minStep=float(min_step), numberOfIterations=int(n_iter),
+        relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6,
+    )
+    r.SetOptimizerScalesFromPhysicalShift()
+    r.SetNumberOfThreads(int(threads))
+    if not gradient_filters:
+        r.SetMetricUseFixedImageGradientFilter(False)
+        r.SetMetricUseMovingImageGradientFilter(False)
+    return r
+
+
 def _register(sitk, moving, fixed, t0, levels_mm, sampling, bins, iterations, seed, threads,
               max_translation_mm, max_rotation_deg, worse_tolerance) -> RigidResult:
     fixed_img = _to_sitk(fixed)
@@ -234,22 +259,7 @@ def _register(sitk, moving, fixed, t0, levels_mm, sampling, bins, iterations, se
     tx.SetCenter([float(v) for v in center_lps])
 
     def method(n_iter: int, pct: float | None):
-        r = sitk.ImageRegistrationMethod()
-        r.SetMetricAsMattesMutualInformation(numberOfHistogramBins=int(bins))
-        if pct is None:
-            r.SetMetricSamplingStrategy(r.NONE)
-        else:
-            r.SetMetricSamplingStrategy(r.RANDOM)
-            # SimpleITK reads seed 0 as 'use the wall clock': shift by one to stay deterministic
-            r.SetMetricSamplingPercentage(float(pct), int(seed) + 1)
-        r.SetInterpolator(sitk.sitkLinear)
-        r.SetOptimizerAsRegularStepGradientDescent(
-            learningRate=2.0, minStep=0.01, numberOfIterations=int(n_iter),
-            relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6,
-        )
-        r.SetOptimizerScalesFromPhysicalShift()
-        r.SetNumberOfThreads(int(threads))
-        return r
+        return _mi_method(sitk, bins, seed, threads, n_iter, pct, learning_rate=2.0, min_step=0.01)
 
     def evaluate(f_img, m_img, transform) -> float:
         r = method(1, None)
@@ -615,25 +625,9 @@ def _register_template(sitk, subject, tpl_vol, template, brain_only, t0, seed, t
     c_lps = (_FLIP @ np.append(c_s, 1.0))[:3]
 
     def method(n_iter: int, pct: float | None):
-        r = sitk.ImageRegistrationMethod()
-        r.SetMetricAsMattesMutualInformation(numberOfHistogramBins=int(bins))
-        if pct is None:
-            r.SetMetricSamplingStrategy(r.NONE)
-        else:
-            r.SetMetricSamplingStrategy(r.RANDOM)
-            # SimpleITK reads seed 0 as 'use the wall clock': shift by one to stay deterministic
-            r.SetMetricSamplingPercentage(float(pct), int(seed) + 1)
-        r.SetInterpolator(sitk.sitkLinear)
-        r.SetOptimizerAsRegularStepGradientDescent(
-            learningRate=1.0, minStep=0.005, numberOfIterations=int(n_iter),
-            relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6,
-        )
-        r.SetOptimizerScalesFromPhysicalShift()
-        r.SetNumberOfThreads(int(threads))
         # gradients by central differences at the samples, not filtered images of the whole grid
-        r.SetMetricUseFixedImageGradientFilter(False)
-        r.SetMetricUseMovingImageGradientFilter(False)
-        return r
+        return _mi_method(sitk, bins, seed, threads, n_iter, pct, learning_rate=1.0, min_step=0.005,
+                          gradient_filters=False)
 
     def pct(img) -> float:
         return float(min(1.0, samples / float(np.prod(img.GetSize()))))
