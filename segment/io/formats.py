@@ -342,27 +342,11 @@ def _check_slice_spacing(p: Path, files) -> None:
 def _checked(p: Path, data: np.ndarray, affine: np.ndarray, *, dtype, check_finite: bool,
              allow_empty: bool) -> Volume:
     """The value and geometry checks of :func:`segment.io.nifti.load_volume`, same messages."""
-    if check_finite and not np.isfinite(data).all():
-        n_bad = int((~np.isfinite(data)).sum())
-        raise InputError(f"{p}: contains {n_bad} NaN/Inf voxels; replace them (e.g. with 0) before segmenting")
-    if not allow_empty and (data.size == 0 or not np.any(data != data.flat[0])):
-        raise InputError(f"{p}: image is empty (every voxel is {float(data.flat[0]) if data.size else 'absent'})")
-    if np.dtype(dtype).kind in "iu":
-        rounded = np.rint(data)
-        off = np.abs(data - rounded) > 1e-3
-        if off.any():
-            bad = np.unique(data[off])
-            shown = ", ".join(f"{v:g}" for v in bad[:5]) + (" ..." if bad.size > 5 else "")
-            raise InputError(
-                f"{p}: label map holds non-integer values ({shown}; {int(off.sum())} voxels); "
-                "labels must be whole numbers (was it resampled with linear interpolation?)"
-            )
-        data = rounded
-    data = np.ascontiguousarray(data.astype(dtype, copy=False))
+    from .nifti import VOXEL_MM_RANGE, check_values
+
+    data = check_values(p, data, dtype=dtype, check_finite=check_finite, allow_empty=allow_empty)
     if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise InputError(f"{p}: header has an invalid (singular or missing) geometry")
-    from .nifti import VOXEL_MM_RANGE
-
     spacing = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
     lo, hi = VOXEL_MM_RANGE
     if ((spacing < lo) | (spacing > hi)).any():

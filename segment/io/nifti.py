@@ -124,6 +124,17 @@ def load_volume(
         raise InputError(
             f"{p}: image data is truncated or corrupt ({_short(exc)}); re-export or re-download the file"
         ) from None
+    data = check_values(p, data, dtype=dtype, check_finite=check_finite, allow_empty=allow_empty)
+    affine = img.affine
+    if affine is None or not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise InputError(f"{p}: header has an invalid (singular or missing) affine")
+    return Volume(data, np.asarray(affine, dtype=np.float64), p)
+
+
+def check_values(p: Path, data: np.ndarray, *, dtype, check_finite: bool, allow_empty: bool) -> np.ndarray:
+    """The voxel-value checks of every reader (NaN/Inf, an empty image, non-integer labels for an
+    integer ``dtype``), each a one-line :class:`InputError` naming ``p``; returns the data as a
+    contiguous ``dtype`` array."""
     if check_finite and not np.isfinite(data).all():
         n_bad = int((~np.isfinite(data)).sum())
         raise InputError(
@@ -142,11 +153,7 @@ def load_volume(
                 "labels must be whole numbers (was it resampled with linear interpolation?)"
             )
         data = rounded
-    data = np.ascontiguousarray(data.astype(dtype, copy=False))
-    affine = img.affine
-    if affine is None or not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise InputError(f"{p}: header has an invalid (singular or missing) affine")
-    return Volume(data, np.asarray(affine, dtype=np.float64), p)
+    return np.ascontiguousarray(data.astype(dtype, copy=False))
 
 
 #: Plausible voxel sizes in millimetres (a header outside this is broken, not a scan).
