@@ -84,7 +84,7 @@ def name_by_priors(resp: np.ndarray, priors: np.ndarray) -> tuple[np.ndarray, np
 
     ``M[k, c] = mean_i resp_ik log(3 prior_ic)``: the log prior odds of class ``c`` summed over
     component ``k``'s voxels. One component per class is chosen by the assignment that maximises
-    ``sum_k M[k, class(k)]`` (the :func:`naming_score`); extra components take the class of their
+    ``sum_k M[k, class(k)]``; extra components take the class of their
     largest ``M``.
 
     Parameters
@@ -137,15 +137,6 @@ def name_by_affinity(resp: np.ndarray, priors: np.ndarray) -> np.ndarray:
     for c, comp in enumerate(best):
         classes[comp] = c + 1
     return classes.astype(np.int64)
-
-
-def naming_score(resp: np.ndarray, priors: np.ndarray, classes: np.ndarray) -> float:
-    """Mean log prior odds of a naming: ``mean_i sum_k resp_ik log(3 prior_i,class(k))`` in nats
-    per voxel (0 for a flat prior, which says nothing; larger when the named classes lie where
-    the atlas puts them)."""
-    lp = np.log(3.0 * np.maximum(np.asarray(priors, np.float64), PRIOR_FLOOR))
-    cls = np.asarray(classes, int) - 1
-    return float(np.mean(np.sum(np.asarray(resp, np.float64) * lp[:, cls], axis=1)))
 
 
 def _logpdf(x: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:

@@ -42,11 +42,10 @@ class PartialVolumeMixture:
     max_iter : int
     reg_covar : float
         Added to the covariance diagonals.
-    shared_noise : bool, float or tuple of int
+    shared_noise : bool or float
         True: one covariance (the scanner's noise) for every class and mix, estimated from every
         component's scatter about its own mean (Shattuck et al. 2001), instead of one per pure
-        class: a class's spread then cannot grow over the mixed voxels next to it. A tuple ties
-        only those classes (and the mixes between them). A float ``nu``: per-class covariances
+        class: a class's spread then cannot grow over the mixed voxels next to it. A float ``nu``: per-class covariances
         with a conjugate prior centred on that shared covariance, worth ``nu`` times the
         samples in pseudo-counts (``(scatter_c + nu N S) / (N_c + nu N)``).
 
@@ -80,7 +79,7 @@ class PartialVolumeMixture:
         tol: float = 1e-5,
         max_iter: int = 200,
         reg_covar: float = 1e-6,
-        shared_noise: bool | float | tuple[int, ...] = False,
+        shared_noise: bool | float = False,
     ) -> None:
         self.shared_noise = shared_noise
         self.n_classes = n_classes
@@ -204,36 +203,29 @@ class PartialVolumeMixture:
             # pure means: least squares over every component that involves them
             gram = (A.T * Nj) @ A + 1e-12 * np.eye(C)
             self.means_ = np.linalg.solve(gram, A.T @ Sj)
-            tied: set[int] = set()
-            shrink = None
-            if isinstance(self.shared_noise, float):
-                # per-class covariances with a conjugate (inverse-Wishart) prior centred on the
-                # shared noise covariance, worth ``shared_noise`` of the data in pseudo-counts
+            pooled = None
+            if self.shared_noise is not False:
+                # the noise covariance shared by every class and mix (Shattuck et al. 2001): the
+                # scatter of each component, pure or mixed, about its own mean
                 mus = A @ self.means_
                 sc = (S2j - np.einsum("jf,jg->jfg", Sj, mus) - np.einsum("jf,jg->jfg", mus, Sj)
                       + np.einsum("j,jf,jg->jfg", Nj, mus, mus)).sum(axis=0)
-                shrink = (sc / max(Nj.sum(), 1e-300), float(self.shared_noise) * Nj.sum())
-            elif self.shared_noise:
-                # one noise covariance for the tied classes and the mixes between them (Shattuck
-                # et al. 2001): the scatter of each such component about its own mean
-                tied = set(range(C)) if self.shared_noise is True else {int(c) for c in self.shared_noise}
-                comp = np.array([set(np.flatnonzero(A[j] > 0)) <= tied for j in range(J)])
-                mus = A[comp] @ self.means_
-                scatter = (S2j[comp] - np.einsum("jf,jg->jfg", Sj[comp], mus)
-                           - np.einsum("jf,jg->jfg", mus, Sj[comp])
-                           + np.einsum("j,jf,jg->jfg", Nj[comp], mus, mus)).sum(axis=0)
-                cov = scatter / max(Nj[comp].sum(), 1e-300) + reg
-                for c in tied:
-                    self.covariances_[c] = 0.5 * (cov + cov.T)
+                pooled = sc / max(Nj.sum(), 1e-300)
             for c in range(C):
-                if c in tied or Nj[c] <= 1e-8 * wsum:
-                    continue  # tied, or an (almost) empty pure class keeps its previous covariance
-                mu = self.means_[c]
-                scatter = S2j[c] - np.outer(Sj[c], mu) - np.outer(mu, Sj[c]) + Nj[c] * np.outer(mu, mu)
-                if shrink is not None:
-                    cov = (scatter + shrink[1] * shrink[0]) / (Nj[c] + shrink[1]) + reg
+                if self.shared_noise is True:
+                    cov = pooled + reg
+                elif Nj[c] <= 1e-8 * wsum:
+                    continue  # an (almost) empty pure class keeps its previous covariance
                 else:
-                    cov = scatter / Nj[c] + reg
+                    mu = self.means_[c]
+                    scatter = S2j[c] - np.outer(Sj[c], mu) - np.outer(mu, Sj[c]) + Nj[c] * np.outer(mu, mu)
+                    if pooled is not None:
+                        # per class, with a conjugate (inverse-Wishart) prior centred on the
+                        # shared noise, worth ``shared_noise`` of the data in pseudo-counts
+                        nu = float(self.shared_noise) * Nj.sum()
+                        cov = (scatter + nu * pooled) / (Nj[c] + nu) + reg
+                    else:
+                        cov = scatter / Nj[c] + reg
                 self.covariances_[c] = 0.5 * (cov + cov.T)
             Ng = np.bincount(self.groups_, weights=Nj, minlength=G)
             self.class_weights_ = np.maximum(Ng / Ng.sum(), 1e-12)
