@@ -279,12 +279,8 @@ def fit_tissue_mixture(
         resp = gmm.predict_proba(xs)
         by_priors, affinity = name_by_priors(resp, ps)
         info["prior_affinity"] = np.round(affinity, 3).tolist()
-        covs = _full_covariances(gmm)
-        w = gmm.weights_
-
         def class_fit(cls):
-            m0 = np.stack([np.average(gmm.means_[cls == c], axis=0, weights=w[cls == c]) for c in (1, 2, 3)])
-            c0 = np.stack([np.average(covs[cls == c], axis=0, weights=w[cls == c]) for c in (1, 2, 3)])
+            m0, c0 = _class_moments(gmm, cls)
             return prior_em(xs, ps, m0, c0, mc.prior_weight, reg_covar=max(mc.reg_covar, 1e-6))
 
         # the naming the contrasts give and the one the priors give are both fitted with the
@@ -331,11 +327,7 @@ def fit_tissue_mixture(
         if prior_fit is not None:
             means0, covs0 = prior_fit["means"], prior_fit["covariances"]
         else:
-            covs = _full_covariances(gmm)
-            w = gmm.weights_
-            means0 = np.stack([np.average(gmm.means_[classes == c], axis=0, weights=w[classes == c])
-                               for c in (1, 2, 3)])
-            covs0 = np.stack([np.average(covs[classes == c], axis=0, weights=w[classes == c]) for c in (1, 2, 3)])
+            means0, covs0 = _class_moments(gmm, classes)
         # The partial-volume EM converges slowly (the pure means move a little each step), so
         # it runs to a tight tolerance; on one feature it is fitted on the same histogram as
         # the mixture, on several on a seeded subset, which fixes a handful of parameters as
@@ -528,6 +520,16 @@ def _few_distinct(values: np.ndarray, seed: int, probe: int = 20_000) -> bool:
     rng = np.random.default_rng(seed)
     sample = values[rng.choice(values.size, size=probe, replace=False)]
     return np.unique(sample).size <= probe // 2
+
+
+def _class_moments(gmm, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of each tissue class (1 CSF, 2 GM, 3 WM): the weight-averaged
+    parameters of the components named that class."""
+    covs = _full_covariances(gmm)
+    w = gmm.weights_
+    means = np.stack([np.average(gmm.means_[classes == c], axis=0, weights=w[classes == c]) for c in (1, 2, 3)])
+    cov = np.stack([np.average(covs[classes == c], axis=0, weights=w[classes == c]) for c in (1, 2, 3)])
+    return means, cov
 
 
 def _full_covariances(gmm) -> np.ndarray:
