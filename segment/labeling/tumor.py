@@ -57,7 +57,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..config import TumorConfig
-from ..postprocess import fill_holes_nd
+from ..morphology import bounding_box_of, dilate_mm, erode_mm, remove_small
 from ..types import MODALITIES
 from .tumor_model import HEALTHY, enclosed_blobs, enclosed_core, fit_healthy, fit_tumor_mixture
 
@@ -146,33 +146,6 @@ def should_run_tumor(modalities: Sequence[str], config: TumorConfig) -> bool:
 # --------------------------------------------------------------------------- helpers
 
 
-def _ball(radius_mm: float, spacing: Sequence[float]) -> np.ndarray:
-    r = [max(int(np.floor(radius_mm / s)), 0) for s in spacing]
-    grids = np.meshgrid(*[np.arange(-ri, ri + 1) * s for ri, s in zip(r, spacing)], indexing="ij")
-    d2 = sum(g * g for g in grids)
-    return d2 <= radius_mm * radius_mm + 1e-6
-
-
-def _erode_mm(mask: np.ndarray, r: float, spacing) -> np.ndarray:
-    """Voxels of ``mask`` farther than ``r`` mm from its outside (computed in its bounding box)."""
-    if r <= 0 or not mask.any():
-        return mask.copy()
-    b = _bbox(mask, 1)
-    out = np.zeros_like(mask)
-    out[b] = ndi.distance_transform_edt(mask[b], sampling=spacing) > r
-    return out
-
-
-def _dilate_mm(mask: np.ndarray, r: float, spacing) -> np.ndarray:
-    """Voxels within ``r`` mm of ``mask`` (computed in its bounding box grown by ``r``)."""
-    if r <= 0 or not mask.any():
-        return mask.copy()
-    b = _bbox(mask, [int(np.ceil(r / s)) + 1 for s in spacing])
-    out = np.zeros_like(mask)
-    out[b] = ndi.distance_transform_edt(~mask[b], sampling=spacing) <= r
-    return out
-
-
 def _weighted_em_1d(x: np.ndarray, w: np.ndarray, init_quantiles: Sequence[float], *, max_iter: int = 500,
                     tol: float = 1e-7, min_var: float = 1e-6) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """EM for a 1-D Gaussian mixture on weighted points (a histogram); deterministic.
@@ -220,31 +193,6 @@ def _smooth_aniso(img: np.ndarray, mask: np.ndarray, sigma_mm: Sequence[float], 
     np.divide(num, den, out=out, where=den > 1e-3)
     out[~mask] = 0.0
     return out
-
-
-def _fill_holes_all_axes(mask: np.ndarray) -> np.ndarray:
-    """Holes filled in 3-D, then in every slice along each of the three axes."""
-    out = fill_holes_nd(mask)
-    for ax in range(3):
-        idx = np.flatnonzero(out.any(axis=tuple(a for a in range(3) if a != ax)))
-        for i in idx:
-            sl = [slice(None)] * 3
-            sl[ax] = i
-            sl = tuple(sl)
-            out[sl] |= fill_holes_nd(out[sl])
-    return out
-
-
-def _remove_small(mask: np.ndarray, min_mm3: float, voxel_mm3: float) -> np.ndarray:
-    if min_mm3 <= 0 or not mask.any():
-        return mask
-    lab, n = ndi.label(mask, structure=_FULL)
-    if n == 0:
-        return mask
-    sizes = np.bincount(lab.ravel())
-    keep = sizes * voxel_mm3 >= min_mm3
-    keep[0] = False
-    return keep[lab]
 
 
 def _robust_sd(x: np.ndarray) -> float:
@@ -316,15 +264,6 @@ def _enhancement_split(values: np.ndarray, ref_values: np.ndarray, cfg: TumorCon
     out["enhancing"] = True
     out["threshold"] = round(float(t), 3)
     return out
-
-
-def _bbox(mask: np.ndarray, pad) -> tuple[slice, ...]:
-    """Bounding box of ``mask`` grown by ``pad`` voxels (one int, or one per axis)."""
-    pads = [int(pad)] * mask.ndim if np.isscalar(pad) else [int(p) for p in pad]
-    idx = np.nonzero(mask)
-    return tuple(
-        slice(max(int(i.min()) - p, 0), min(int(i.max()) + p + 1, n)) for i, n, p in zip(idx, mask.shape, pads)
-    )
 
 
 # --------------------------------------------------------------------------- main entry
@@ -411,7 +350,7 @@ def segment_tumor(
 
     cfg = config
     # work inside the brain's bounding box
-    box = _bbox(mask, 2)
+    box = bounding_box_of(mask, 2)
     m = mask[box]
     f = {k: v[box].astype(np.float32, copy=False) for k, v in feats.items()}
 
@@ -422,8 +361,8 @@ def segment_tumor(
     fd = _smooth_aniso(f["flair"], m, sig_det, spacing)
     r_open = max(cfg.open_mm, 1.01 * min(spacing))
     cand = (fd > cfg.seed_z) & m
-    cand = _remove_small(cand, cfg.min_tumor_ml * 1000.0, vv)  # opening only shrinks: skip the small
-    cand = _dilate_mm(_erode_mm(cand, r_open, spacing), r_open, spacing) & cand
+    cand = remove_small(cand, cfg.min_tumor_ml * 1000.0, vv)  # opening only shrinks: skip the small
+    cand = dilate_mm(erode_mm(cand, r_open, spacing), r_open, spacing) & cand
     lab, n = ndi.label(cand, structure=_FULL)
     lesions: list[int] = []
     lesion_info: list[dict[str, object]] = []
@@ -466,7 +405,7 @@ def segment_tumor(
 
     # ---- 2. the joint healthy + tumor mixture -----------------------------------------
     seeds = np.isin(lab, lesions)
-    reach = _dilate_mm(seeds, cfg.grow_mm, spacing) & m
+    reach = dilate_mm(seeds, cfg.grow_mm, spacing) & m
     outside = m & ~reach
     if np.count_nonzero(outside) < 0.2 * np.count_nonzero(m):
         info["flags"].append("tumor reach covers most of the brain: healthy model fitted on the whole brain")
@@ -497,14 +436,14 @@ def segment_tumor(
     inb = m[mb]
     lab_b = {c: (arg == cls.index(c)) & inb for c in TUMOR_LABELS.values() if c in cls}
     et = lab_b.get("ET", np.zeros(inb.shape, bool))
-    et = _remove_small(et, cfg.min_et_mm3, vv)
+    et = remove_small(et, cfg.min_et_mm3, vv)
     tum = np.zeros(inb.shape, bool)
     for c in lab_b.values():
         tum |= c
     core = enclosed_core(et, inb, spacing, cfg.core_close_mm, cfg.core_cap_mm) if et.any() else np.zeros_like(et)
     tum |= core
     # a FLAIR-dark / T1c-dark core enclosed by the tumor is necrosis, not CSF
-    encl = enclosed_blobs(_remove_small(tum, cfg.min_et_mm3, vv), inb, spacing, cfg.core_close_mm, cfg.core_cap_mm, 3.0)
+    encl = enclosed_blobs(remove_small(tum, cfg.min_et_mm3, vv), inb, spacing, cfg.core_close_mm, cfg.core_cap_mm, 3.0)
     core |= encl & (arg < len(HEALTHY))
     tum |= core
     # whole tumor: the tumor voxels connected to a detected lesion
@@ -518,12 +457,12 @@ def segment_tumor(
     body = np.isin(bl, ids[ids > 0]) & inb
     el, ne = ndi.label(et, structure=_FULL)
     if ne:
-        touch = np.unique(el[_dilate_mm(body, cfg.et_touch_mm, spacing) & et])
+        touch = np.unique(el[dilate_mm(body, cfg.et_touch_mm, spacing) & et])
         et = np.isin(el, touch[touch > 0])
     wl, _ = ndi.label(body | et, structure=_FULL)
     ids = np.unique(wl[sb])
     wt = np.isin(wl, ids[ids > 0]) & inb
-    wt = _remove_small(wt, cfg.min_island_mm3, vv)
+    wt = remove_small(wt, cfg.min_island_mm3, vv)
     et &= wt
     if "t1c" in f:
         ncr = (lab_b.get("NCR", np.zeros_like(wt)) | core) & wt & ~et

@@ -37,6 +37,7 @@ import numpy as np
 from numba import njit, prange
 from scipy import ndimage as ndi
 
+from .. import morphology as morph
 from .mrf import _mean_field
 
 __all__ = [
@@ -198,26 +199,6 @@ def fit_healthy(
 # --------------------------------------------------------------------------- geometry
 
 
-def _ball(radius_mm: float, spacing) -> np.ndarray:
-    r = [max(int(np.floor(radius_mm / s)), 0) for s in spacing]
-    grids = np.meshgrid(*[np.arange(-ri, ri + 1) * s for ri, s in zip(r, spacing)], indexing="ij")
-    return sum(q * q for q in grids) <= radius_mm * radius_mm + 1e-6
-
-
-def _fill_all_axes(mask: np.ndarray) -> np.ndarray:
-    """Holes filled in 3-D, then in every slice along each axis in turn (a structure without
-    neighbours across slices fills each slice on its own, as a 2-D fill would, in one call)."""
-    out = ndi.binary_fill_holes(mask)
-    for ax in range(3):
-        st = np.zeros((3, 3, 3), bool)
-        plane = [1, 1, 1]
-        plane[ax] = slice(1, 2)
-        st[tuple(slice(None) if p == 1 else p for p in plane)] = ndi.generate_binary_structure(2, 1).reshape(
-            [1 if a == ax else 3 for a in range(3)])
-        out |= ndi.binary_fill_holes(out, structure=st)
-    return out
-
-
 def enclosed_core(et: np.ndarray, brain: np.ndarray, spacing, close_mm: float, cap_mm: float) -> np.ndarray:
     """Voxels enclosed by the enhancing rim ``et`` (not ET themselves), within ``brain``.
 
@@ -228,13 +209,12 @@ def enclosed_core(et: np.ndarray, brain: np.ndarray, spacing, close_mm: float, c
     if not et.any():
         return np.zeros_like(et)
     pad = int(np.ceil(max(close_mm, cap_mm) / min(spacing))) + 2
-    idx = np.nonzero(et)
-    box = tuple(slice(max(int(i.min()) - pad, 0), min(int(i.max()) + pad + 1, n)) for i, n in zip(idx, et.shape))
+    box = morph.bounding_box_of(et, pad)
     e = et[box]
     b = brain[box]
-    near = ndi.distance_transform_edt(~e, sampling=spacing) <= cap_mm
-    wall = ndi.binary_closing(e, structure=_ball(close_mm, spacing)) | e | (near & ~b)
-    core = _fill_all_axes(wall) & ~e & b
+    near = morph.dilate_mm(e, cap_mm, spacing)
+    wall = morph.close_mm(e, close_mm, spacing) | (near & ~b)
+    core = morph.fill_holes_all_axes(wall) & ~e & b
     core &= ~(near & ~b)
     out = np.zeros_like(et)
     out[box] = core
@@ -249,9 +229,7 @@ def enclosed_blobs(tumor: np.ndarray, brain: np.ndarray, spacing, close_mm: floa
     enc = enclosed_core(tumor, brain, spacing, close_mm, cap_mm)
     if not enc.any():
         return enc
-    r = max(blob_mm, 1.01 * min(spacing))
-    ball = _ball(r, spacing)
-    return ndi.binary_opening(enc, structure=ball) & enc
+    return morph.open_mm(enc, max(blob_mm, 1.01 * min(spacing)), spacing)
 
 
 # --------------------------------------------------------------------------- the joint model
@@ -268,44 +246,103 @@ class TumorMixtureResult:
     info: dict[str, object] = field(default_factory=dict)
 
 
+#: Per-voxel prior modes of :func:`_unary`: free, enclosed by enhancement, enclosed by tumor.
+_FREE, _IN_CORE, _IN_TUMOR = 0, 1, 2
+
+
 @njit(parallel=True, cache=True, fastmath=True)
-def _unary(X, means, linv, logdet, logprior, out):
-    """out[i, k] = log N(X[i]; means[k], (L L^T)) + logprior[i, k] for every voxel and class."""
+def _unary(X, means, linv, logdet, alpha, hp, gates, tw, mode, ncr, et, out):
+    """out[i, k] = log N(X[i]; means[k], (L L^T)) + log prior[i, k], float32.
+
+    The prior of voxel i: ``(1 - alpha_i) hp[i, k]`` for the healthy classes k < nh and
+    ``alpha_i tw[j] gates[i, j]`` for the tumor class nh + j. Enclosed by enhancement
+    (``mode`` 1) only ET and NCR keep a prior, NCR without its gate; enclosed by tumor (``mode`` 2)
+    the healthy classes have none and NCR has no gate. A zero prior gives -1e4. ``ncr`` and
+    ``et`` are the tumor indices of NCR and ET, or -1.
+    """
     n, d = X.shape
     K = means.shape[0]
+    nh = hp.shape[1]
     c0 = -0.5 * d * math.log(2.0 * math.pi)
     for i in prange(n):
         z = np.empty(d, np.float64)
+        a = alpha[i]
+        md = mode[i]
         for k in range(K):
-            for a in range(d):
-                z[a] = X[i, a] - means[k, a]
+            if k < nh:
+                pr = 0.0 if md != _FREE else (1.0 - a) * hp[i, k]
+            else:
+                j = k - nh
+                if j == ncr and md != _FREE:
+                    pr = a * tw[j]
+                elif md == _IN_CORE and j != et:
+                    pr = 0.0
+                else:
+                    pr = a * tw[j] * gates[i, j]
+            if pr <= 0.0:
+                out[i, k] = np.float32(-1e4)
+                continue
+            for b in range(d):
+                z[b] = X[i, b] - means[k, b]
             m = 0.0
-            for a in range(d):
+            for b in range(d):
                 t = 0.0
-                for b in range(a + 1):
-                    t += linv[k, a, b] * z[b]
+                for c in range(b + 1):
+                    t += linv[k, b, c] * z[c]
                 m += t * t
-            out[i, k] = np.float32(c0 - 0.5 * logdet[k] - 0.5 * m + logprior[i, k])
+            out[i, k] = np.float32(c0 - 0.5 * logdet[k] - 0.5 * m + math.log(max(pr, 1e-30)))
 
 
-@njit(cache=True)
+@njit(parallel=True, cache=True, fastmath=True)
+def _softmax(unary, q):
+    """q[i] = softmax(unary[i]) row by row (float32 in and out)."""
+    n, K = unary.shape
+    for i in prange(n):
+        mx = unary[i, 0]
+        for k in range(1, K):
+            mx = max(mx, unary[i, k])
+        s = 0.0
+        for k in range(K):
+            e = math.exp(unary[i, k] - mx)
+            q[i, k] = e
+            s += e
+        for k in range(K):
+            q[i, k] = np.float32(q[i, k] / s)
+
+
+#: Chunks of the moment sums; a fixed number, so the sums (and the fit) do not depend on the
+#: number of threads.
+_CHUNKS = 16
+
+
+@njit(parallel=True, cache=True)
 def _weighted_moments(X, Q, cols):
     """Sum of weights, weighted means and covariances of X for the classes ``cols`` of Q."""
     n, d = X.shape
     K = cols.shape[0]
+    step = (n + _CHUNKS - 1) // _CHUNKS
+    p0 = np.zeros((_CHUNKS, K))
+    p1 = np.zeros((_CHUNKS, K, d))
+    p2 = np.zeros((_CHUNKS, K, d, d))
+    for ch in prange(_CHUNKS):
+        for i in range(ch * step, min((ch + 1) * step, n)):
+            for kk in range(K):
+                w = Q[i, cols[kk]]
+                if w <= 0:
+                    continue
+                p0[ch, kk] += w
+                for a in range(d):
+                    wa = w * X[i, a]
+                    p1[ch, kk, a] += wa
+                    for b in range(a + 1):
+                        p2[ch, kk, a, b] += wa * X[i, b]
     s0 = np.zeros(K)
     s1 = np.zeros((K, d))
     s2 = np.zeros((K, d, d))
-    for i in range(n):
-        for kk in range(K):
-            w = Q[i, cols[kk]]
-            if w <= 0:
-                continue
-            s0[kk] += w
-            for a in range(d):
-                s1[kk, a] += w * X[i, a]
-                for b in range(a + 1):
-                    s2[kk, a, b] += w * X[i, a] * X[i, b]
+    for ch in range(_CHUNKS):
+        s0 += p0[ch]
+        s1 += p1[ch]
+        s2 += p2[ch]
     mu = np.zeros((K, d))
     cov = np.zeros((K, d, d))
     for kk in range(K):
@@ -439,41 +476,23 @@ def fit_tumor_mixture(
     unary = np.empty((n, K), np.float32)
     history = []
     rounds = core_rounds + 1
+    gate_arr = np.ascontiguousarray(np.stack([gates[c] for c in tcls], axis=1))
+    hp = np.ascontiguousarray(hp)
+    ncr = tcls.index("NCR") if "NCR" in tcls else -1
+    et_j = tcls.index("ET") if "ET" in tcls else -1
+    mode = np.zeros(n, np.int8)
     for it in range(iterations * rounds):
         allm = np.concatenate([hmeans, np.stack([means[c] for c in tcls])])
         allc = np.concatenate([hcovs, np.stack([covs[c] for c in tcls])])
         L = np.linalg.cholesky(allc)
         linv = np.ascontiguousarray(np.linalg.inv(L))
         logdet = 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum(1)
-        a = alpha[b].astype(np.float64)
-        prior = np.empty((n, K))
-        prior[:, :nh] = (1.0 - a)[:, None] * hp
-        for j, c in enumerate(tcls):
-            prior[:, nh + j] = a * tw[c] * gates[c]
-        incore = core[b]
-        if incore.any():  # enclosed by enhancement: only ET or NCR, whatever their signature
-            for j, c in enumerate(classes):
-                if c not in ("ET", "NCR"):
-                    prior[incore, j] = 0.0
-                elif c == "NCR":
-                    prior[incore, j] = a[incore] * tw[c]
-        inwt = core_wt[b]
-        if inwt.any():  # enclosed by tumor: tumor classes only (a dark core there is NCR)
-            prior[inwt, :nh] = 0.0
-            if "NCR" in tcls:
-                prior[inwt, classes.index("NCR")] = a[inwt] * tw["NCR"]
-        logprior = np.where(prior > 0, np.log(np.maximum(prior, 1e-30)), -1e4)
-        _unary(X, allm, linv, logdet, logprior, unary)
-        if it == 0:
-            mx = unary.max(1, keepdims=True)
-            q[:] = np.exp(unary - mx)
-            q /= q.sum(1, keepdims=True)
+        twa = np.array([tw[c] for c in tcls])
+        _unary(X, allm, linv, logdet, alpha[b], hp, gate_arr, twa, mode, ncr, et_j, unary)
+        if it == 0 or beta <= 0:
+            _softmax(unary, q)
         if beta > 0:
             _mean_field(idxmap, unary, q, w_axes, float(beta), 1)
-        else:
-            mx = unary.max(1, keepdims=True)
-            q[:] = np.exp(unary - mx)
-            q /= q.sum(1, keepdims=True)
         # M-step: tumor parameters only
         s0, mu, cv = _weighted_moments(X, q, np.arange(nh, K, dtype=np.int64))
         for j, c in enumerate(tcls):
@@ -495,13 +514,14 @@ def fit_tumor_mixture(
             lab = np.argmax(q, 1)
             tum = np.zeros(b.shape, bool)
             tum[b] = lab >= nh
-            tum = _remove_small(tum, min_et_mm3, vv)
+            tum = morph.remove_small(tum, min_et_mm3, vv)
             if "ET" in tcls:
                 et = np.zeros(b.shape, bool)
                 et[b] = lab == classes.index("ET")
-                et = _remove_small(et, min_et_mm3, vv)
+                et = morph.remove_small(et, min_et_mm3, vv)
                 core = enclosed_core(et, b, spacing, close_mm, cap_mm) & r
             core_wt = enclosed_blobs(tum, b, spacing, close_mm, cap_mm, blob_mm) & r & ~core
+            mode = np.where(core[b], _IN_CORE, np.where(core_wt[b], _IN_TUMOR, _FREE)).astype(np.int8)
     rename = name_tumor_classes(means, mods, hmeans[2])
     if any(k != v for k, v in rename.items()):
         info["flags"].append(f"tumor classes renamed by signature after the fit: {rename}")
@@ -516,13 +536,3 @@ def fit_tumor_mixture(
     return TumorMixtureResult(
         classes, Q, box, {c: [round(float(x), 3) for x in v] for c, v in means.items()}, info
     )
-
-
-def _remove_small(mask: np.ndarray, min_mm3: float, voxel_mm3: float) -> np.ndarray:
-    if min_mm3 <= 0 or not mask.any():
-        return mask
-    lab, n = ndi.label(mask, structure=np.ones((3, 3, 3), bool))
-    sizes = np.bincount(lab.ravel())
-    keep = sizes * voxel_mm3 >= min_mm3
-    keep[0] = False
-    return keep[lab]

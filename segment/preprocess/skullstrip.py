@@ -47,6 +47,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
 from segment.errors import InputError
+from segment.morphology import close_mm, dilate_mm, erode_mm, squared_distance_to
 from segment.postprocess import bounding_box, fill_holes, fill_holes_nd
 
 __all__ = [
@@ -90,26 +91,6 @@ def _largest_component(mask: np.ndarray, connectivity: int = 1) -> np.ndarray:
     sizes = np.bincount(lab.ravel())
     sizes[0] = 0
     return lab == int(sizes.argmax())
-
-
-def _erode_mm(mask: np.ndarray, radius: float, spacing: np.ndarray) -> np.ndarray:
-    if radius <= 0:
-        return mask.copy()
-    return ndi.distance_transform_edt(mask, sampling=spacing) > radius
-
-
-def _dilate_mm(mask: np.ndarray, radius: float, spacing: np.ndarray) -> np.ndarray:
-    if radius <= 0 or not mask.any():
-        return mask.copy()
-    return ndi.distance_transform_edt(~mask, sampling=spacing) <= radius
-
-
-def _close_mm(mask: np.ndarray, radius: float, spacing: np.ndarray) -> np.ndarray:
-    # pad so the closing is not clipped by the array border
-    pad = [(int(np.ceil(radius / s)) + 1,) * 2 for s in spacing]
-    m = np.pad(mask, pad)
-    m = _erode_mm(_dilate_mm(m, radius, spacing), radius, spacing)
-    return m[tuple(slice(p[0], p[0] + n) for p, n in zip(pad, mask.shape))]
 
 
 def _check_spacing(spacing) -> np.ndarray:
@@ -511,13 +492,13 @@ def skullstrip(
     head = head_full[box]
     crops = [im[box] for im in imgs]
     # depth: the array border is not air (cut field of view), so only true air counts
-    depth = ndi.distance_transform_edt(head, sampling=sp)
+    depth = np.sqrt(squared_distance_to(~head, sp))
     core = depth >= 0.5 * depth.max()
     if prior is not None:
         pm = prior[box] > 0.5
-        d_in = ndi.distance_transform_edt(pm, sampling=sp)
+        d_in = np.sqrt(squared_distance_to(~pm, sp))
         inner = (d_in > band_inner_mm) & head
-        outer = pm | (ndi.distance_transform_edt(~pm, sampling=sp) <= band_mm) if pm.any() else pm
+        outer = pm | dilate_mm(pm, band_mm, sp)
         if inner.sum() * np.prod(sp) > 50_000:  # the intensity model from the template's brain
             core = (d_in > band_inner_mm + 6.0) & head
             if core.sum() * np.prod(sp) < 50_000:
@@ -565,7 +546,7 @@ def skullstrip(
         return out
 
     # 4. seed: deep, eroded candidate, largest component, no neck
-    seed = _erode_mm(cand & (depth > seed_depth_mm), erosion_mm, sp)
+    seed = erode_mm(cand & (depth > seed_depth_mm), erosion_mm, sp)
     seed = _largest_component(seed, connectivity=3)
     if not seed.any():
         raise InputError(
@@ -581,16 +562,16 @@ def skullstrip(
             seed = _largest_component(seed, connectivity=3)
 
     # 5. reconstruction of the brain around the seed
-    brain = _dilate_mm(seed, erosion_mm + 0.5 * float(sp.min()), sp) & cand
+    brain = dilate_mm(seed, erosion_mm + 0.5 * float(sp.min()), sp) & cand
     brain = fill_holes_nd(_largest_component(brain))
-    brain = fill_holes_nd(_close_mm(brain, closing_mm, sp))
+    brain = fill_holes_nd(close_mm(brain, closing_mm, sp))
     # opening by reconstruction: the largest component of the eroded mask, dilated back inside
     # the mask; parts attached through necks narrower than twice the radius (orbits, skull-base
     # tissue) are cut off at the eroded stage and are not re-attached by the dilation
-    kept = _largest_component(_erode_mm(brain, opening_mm, sp), connectivity=3)
+    kept = _largest_component(erode_mm(brain, opening_mm, sp), connectivity=3)
     if kept.any():
-        brain = _largest_component(_dilate_mm(kept, opening_mm, sp) & brain)
-    brain = _dilate_mm(brain, rim_mm, sp) & head
+        brain = _largest_component(dilate_mm(kept, opening_mm, sp) & brain)
+    brain = dilate_mm(brain, rim_mm, sp) & head
     brain = fill_holes_nd(brain)
     if not brain.any():
         raise InputError("empty brain mask: skull stripping removed every voxel")
@@ -614,14 +595,14 @@ def _prior_refined(cand: np.ndarray, head: np.ndarray, inner: np.ndarray, outer:
     if not inner.any():
         raise InputError("empty brain mask: the registered template's brain does not cover the head")
     c = cand | inner
-    seed = _largest_component(_erode_mm(c, erosion_mm, sp), connectivity=3)
+    seed = _largest_component(erode_mm(c, erosion_mm, sp), connectivity=3)
     if seed.any():
-        c = (_dilate_mm(seed, erosion_mm + 0.5 * float(sp.min()), sp) & c) | inner
+        c = (dilate_mm(seed, erosion_mm + 0.5 * float(sp.min()), sp) & c) | inner
     brain = fill_holes_nd(_largest_component((c & outer) | inner))
     if closing_mm > 0:
-        brain = fill_holes_nd(_close_mm(brain, closing_mm, sp) & outer)
+        brain = fill_holes_nd(close_mm(brain, closing_mm, sp) & outer)
     if rim_mm > 0:
-        brain = _dilate_mm(brain, rim_mm, sp) & head & outer
+        brain = dilate_mm(brain, rim_mm, sp) & head & outer
     return fill_holes_nd(brain | inner)
 
 
