@@ -415,7 +415,7 @@ def segment_tumor(
     healthy = fit_healthy(Xh, hmods, seed=seed)
     healthy["modalities"] = hmods
     info["healthy_means"] = {c: [round(float(x), 3) for x in healthy["means"][j]] for j, c in enumerate(HEALTHY)}
-    init, tcls, gate = _signature_init(f, m, reach, seeds, healthy, hmods, cfg)
+    init, tcls, gate = _signature_init(f, m, reach, seeds, healthy, hmods, cfg, spacing)
     hp = None
     if healthy_prior is not None:
         hp = np.asarray(healthy_prior, dtype=np.float32)[box]
@@ -505,7 +505,7 @@ def segment_tumor(
     return _finish(labels)
 
 
-def _signature_init(f, m, reach, seeds, healthy, mods, cfg):
+def _signature_init(f, m, reach, seeds, healthy, mods, cfg, spacing):
     """Voxels whose signature starts each tumor class, and the classes the modalities support."""
     H = healthy["means"]
     sd = np.sqrt(np.stack([np.diag(c) for c in healthy["covs"]]))
@@ -541,7 +541,11 @@ def _signature_init(f, m, reach, seeds, healthy, mods, cfg):
         else:
             notcsf = f["t1c"] > H[CSF_, j["t1c"]] + 3.0 * sd[CSF_, j["t1c"]]
         init["ET"] = enh & out
-        init["NCR"] = dark & notcsf & out & ~enh
+        # the core: T1c-dark outliers that are not CSF, or whatever the enhancing voxels enclose
+        # (a fluid cyst is CSF-like, so it is no outlier of the healthy classes)
+        enclosed = enclosed_core(remove_small(init["ET"], cfg.min_et_mm3, float(np.prod(spacing))), m, spacing,
+                                 cfg.core_close_mm, cfg.core_cap_mm) & reach
+        init["NCR"] = ((dark & notcsf & out) | enclosed) & ~enh
         tcls += ["ET", "NCR"]
     if "flair" in j:
         init["ED"] = ((bright & out) | seeds) & ~enh & ~init.get("NCR", np.zeros(m.shape, bool))
@@ -562,4 +566,7 @@ def _signature_init(f, m, reach, seeds, healthy, mods, cfg):
         else:
             gate["ET"] = _sig(f["t1c"], float((H[:, jc] + cfg.et_gate_sd * sd[:, jc])[GM_:].max()), 0.5 * float(sd[GM_:, jc].min()))
         gate["NCR"] = _sig(-f["t1c"], -(H[GM_, jc] - 0.5 * sd[GM_, jc]), 0.5 * sd[GM_, jc])
+        if "flair" in j:  # not enclosed, a core is not CSF-like: FLAIR above healthy CSF (as its start)
+            jf = j["flair"]
+            gate["NCR"] *= _sig(f["flair"], H[CSF_, jf] + 3.0 * sd[CSF_, jf], 0.5 * sd[CSF_, jf])
     return init, [c for c in TUMOR_LABELS.values() if c in tcls], gate
