@@ -443,7 +443,8 @@ def segment_tumor(
     core = enclosed_core(et, inb, spacing, cfg.core_close_mm, cfg.core_cap_mm) if et.any() else np.zeros_like(et)
     tum |= core
     # a FLAIR-dark / T1c-dark core enclosed by the tumor is necrosis, not CSF
-    encl = enclosed_blobs(remove_small(tum, cfg.min_et_mm3, vv), inb, spacing, cfg.core_close_mm, cfg.core_cap_mm, 3.0)
+    encl = enclosed_blobs(remove_small(tum, cfg.min_et_mm3, vv), inb, spacing, cfg.core_close_mm, cfg.core_cap_mm, 3.0,
+                          csf=(arg == 0) & inb)
     core |= encl & (arg < len(HEALTHY))
     tum |= core
     # whole tumor: the tumor voxels connected to a detected lesion

@@ -222,14 +222,30 @@ def enclosed_core(et: np.ndarray, brain: np.ndarray, spacing, close_mm: float, c
 
 
 def enclosed_blobs(tumor: np.ndarray, brain: np.ndarray, spacing, close_mm: float, cap_mm: float,
-                   blob_mm: float) -> np.ndarray:
+                   blob_mm: float, csf: np.ndarray | None = None) -> np.ndarray:
     """The thick parts of what ``tumor`` encloses (see :func:`enclosed_core`): opened with a
     ball of ``blob_mm`` (at least one voxel), so a cyst inside edema counts and the thin sheets
-    of sulcal CSF or a few-voxel gap do not."""
+    of sulcal CSF or a few-voxel gap do not.
+
+    With ``csf`` (the voxels labelled healthy CSF), a blob that is a section of a larger CSF
+    space is not enclosed: a ventricle passing through edema is cut into enclosed sections by
+    the slice-wise filling, but its CSF goes on (by thick connections, opened alike) outside the
+    tumor, more of it outside the blob than inside.
+    """
     enc = enclosed_core(tumor, brain, spacing, close_mm, cap_mm)
     if not enc.any():
         return enc
-    return morph.open_mm(enc, max(blob_mm, 1.01 * min(spacing)), spacing)
+    r = max(blob_mm, 1.01 * min(spacing))
+    enc = morph.open_mm(enc, r, spacing)
+    if csf is None or not enc.any():
+        return enc
+    space = morph.open_mm((csf & brain) | enc, r, spacing) | enc
+    lab, n = ndi.label(space, structure=np.ones((3, 3, 3), bool))
+    inside = np.bincount(lab[enc], minlength=n + 1)
+    total = np.bincount(lab.ravel(), minlength=n + 1)
+    keep = inside >= (total - inside)
+    keep[0] = False
+    return enc & keep[lab]
 
 
 # --------------------------------------------------------------------------- the joint model
@@ -520,7 +536,9 @@ def fit_tumor_mixture(
                 et[b] = lab == classes.index("ET")
                 et = morph.remove_small(et, min_et_mm3, vv)
                 core = enclosed_core(et, b, spacing, close_mm, cap_mm) & r
-            core_wt = enclosed_blobs(tum, b, spacing, close_mm, cap_mm, blob_mm) & r & ~core
+            csf = np.zeros(b.shape, bool)
+            csf[b] = lab == 0
+            core_wt = enclosed_blobs(tum, b, spacing, close_mm, cap_mm, blob_mm, csf=csf) & r & ~core
             mode = np.where(core[b], _IN_CORE, np.where(core_wt[b], _IN_TUMOR, _FREE)).astype(np.int8)
     rename = name_tumor_classes(means, mods, hmeans[2])
     if any(k != v for k, v in rename.items()):
