@@ -467,6 +467,13 @@ def segment_tumor(
     et &= wt
     if "t1c" in f:
         ncr = (lab_b.get("NCR", np.zeros_like(wt)) | core) & wt & ~et
+        if et.any():
+            # the core lies against or inside the enhancing tumor: a necrotic-looking island away
+            # from it (partial volume of CSF and edema at a sulcus or the surface) is edema
+            nl, nn = ndi.label(ncr, structure=_FULL)
+            if nn:
+                touch = np.unique(nl[dilate_mm(et | core, cfg.et_touch_mm, spacing) & ncr])
+                ncr = np.isin(nl, touch[touch > 0])
     else:
         ncr = np.zeros_like(wt)
     sub_lab = np.zeros(inb.shape, np.uint8)
