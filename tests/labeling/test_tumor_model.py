@@ -192,3 +192,36 @@ def test_no_tumor_gives_zero_posteriors():
     res = segment_tumor(feats, ph.brain_mask, ph.spacing, config=TumorConfig(), want_probabilities=True)
     assert set(res.probabilities) == {"NCR", "ED", "ET", "entropy"}
     assert all(not v.any() for v in res.probabilities.values())
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_fluid_cyst_in_a_rim_is_necrosis_not_enhancing(seed):
+    """Bug: a CSF-like cyst is no outlier of the healthy classes, so no NCR class was started,
+    and the enclosed-core rule (ET or NCR only) gave the whole cyst to ET."""
+    ph, feats = _case(seed, tumor="cystic")
+    res = segment_tumor(feats, ph.brain_mask, ph.spacing, config=TumorConfig())
+    cyst = ph.tumor == 1
+    assert cyst.sum() >= 20
+    assert np.mean(res.labels[cyst] == 1) >= 0.8
+    assert not any("NCR: too few voxels" in f for f in res.info["flags"])
+
+
+def test_a_ventricle_through_edema_is_not_an_enclosed_core():
+    """A CSF tube crossing an edema shell is cut into enclosed sections by the slice-wise fill;
+    it goes on outside the tumor, so it is not a core. A closed cyst in the same shell is."""
+    from segment.labeling.tumor_model import enclosed_blobs
+
+    brain = np.zeros((48, 48, 80), bool)
+    brain[2:-2, 2:-2, 2:-2] = True
+    x, y, z = np.mgrid[:48, :48, :80]
+    d = np.sqrt((x - 24) ** 2 + (y - 24) ** 2 + (z - 40) ** 2)
+    tube = (np.hypot(x - 24, y - 20) <= 3) & brain  # along z, through the shell and far beyond
+    cyst = np.sqrt((x - 24) ** 2 + (y - 30) ** 2 + (z - 40) ** 2) <= 3.5
+    tumor = (d <= 14) & ~tube & ~cyst
+    csf = tube | cyst  # what the mixture labels healthy CSF
+    sp = (1.0, 1.0, 1.0)
+    without = enclosed_blobs(tumor, brain, sp, 2.0, 0.0, 1.5)
+    assert without[tube & (d < 10)].mean() > 0.5  # the sections the fill encloses
+    got = enclosed_blobs(tumor, brain, sp, 2.0, 0.0, 1.5, csf=csf)
+    assert not (got & tube).any()
+    assert got[cyst].mean() > 0.8
