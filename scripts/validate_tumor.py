@@ -49,30 +49,32 @@ from segment.report.figures import overlay_figure  # noqa: E402
 OBSERVATIONS: dict[str, str] = {
     "brats_2013_pat0005_1": """
 **What the overlays show** (segment row vs manual row, same slices). The FLAIR-dark cyst at the left parieto-occipital
-surface is now tumor core: NCR fills it inside the enhancing wall, the rim being closed by the brain surface where it
-reaches the cortex (axial ~98-110). Misses: the manual edema reaches farther medially and inferiorly (axial ~72, ~98:
-FLAIR only mildly bright there, below the edema gate), and the thin enhancing wall along the surface is partly NCR or
-missing. False positives: the enhancing choroid plexus in the left ventricular trigone (axial ~72-85) is taken as
-ET/NCR because it lies inside the 40 mm reach and touches the tumor.
+surface is tumor core: NCR fills it inside the enhancing wall, the rim being closed by the brain surface where it
+reaches the cortex (axial ~96-109). The occipital horn next to it is no longer NCR (a ventricle passing through the
+edema is not an enclosed core). Misses: the heterogeneous, only mildly FLAIR-bright lateral part of the tumor at axial
+~72 and the superior edema (axial ~122), which the manual labels include; the thin enhancing wall along the surface is
+partly missing. False positives: the enhancing choroid plexus in the left trigone (axial ~72-84) is ET/NCR because it
+lies inside the 40 mm reach and touches the tumor.
 """,
     "brats_2013_pat0006_1": """
 **What the overlays show.** The large frontal tumor in the cropped field of view: the FLAIR-bright edema is found
-nearly to its manual extent (WT Dice 0.88), ET covers the brightest enhancing parts of the mass. Misses: the manual
-non-enhancing core (label 3) that surrounds the enhancing parts is intermediate on T1c and FLAIR-bright and is mostly
-called edema, so TC stays near 0.63; heterogeneous, speckled enhancement is under-segmented (ET 22 of 43 mL).
+nearly to its manual extent (WT Dice 0.88), ET covers the enhancing parts of the mass (25 of 43 mL). Misses: the
+manual non-enhancing core (label 3) that surrounds the enhancing parts is intermediate on T1c and FLAIR-bright, and is
+mostly called edema, so TC stays near 0.65.
 """,
     "brats_glioma": """
 **What the overlays show** (montage: axial slices, patient's left on the image left). The ring-enhancing right temporal
 mass: ET on the enhancing wall, NCR in its non-enhancing centre, ED over the finger-like FLAIR/T2 hyperintensity of the
-right hemisphere. False positives the old threshold method did not have: enhancing vessels, the superior sagittal sinus
-along the falx (axial ~114) and choroid plexus within 40 mm of the lesion are labelled ET where they touch edema; the
-FLAIR-bright band along the left occipital horn is included as ED.
+right hemisphere. False positives: enhancing vessels, the superior sagittal sinus along the falx (axial ~114) and
+choroid plexus within 40 mm of the lesion are labelled ET where they touch edema; the FLAIR-bright band along the left
+occipital horn is included as ED.
 """,
     "tcia_raw": """
-**What the overlays show.** The right frontal ring-enhancing lesion (axial 15-20) is found with its FLAIR-bright rim as
-ED and the enhancing wall partly ET. False positives: NCR/ET contours run along the lateral cortical surface next to
-the lesion over several 5.5 mm slices (axial 10-19; dura, vessels and the edge of the estimated brain mask), so NCR
-(13 mL) is overestimated.
+**What the overlays show.** The ring-enhancing frontal lesion (axial 14-19; patient's left) is found as ED, its
+FLAIR-bright rim and darker centre included; its enhancing ring (5.5 mm slices) is not labelled ET, so TC is missed.
+False positives: ET contours run along the lateral cortical surface next to the lesion over several slices (axial
+10-19; dura, vessels and the edge of the estimated brain mask). The necrosis-like sheets there are no longer NCR (a
+thin necrotic-looking sheet away from the enhancing tumor is edema).
 """,
 }
 LIMITATIONS = """

@@ -57,7 +57,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..config import TumorConfig
-from ..morphology import bounding_box_of, dilate_mm, erode_mm, remove_small
+from ..morphology import bounding_box_of, dilate_mm, erode_mm, open_mm, remove_small
 from ..types import MODALITIES
 from .tumor_model import HEALTHY, enclosed_blobs, enclosed_core, fit_healthy, fit_tumor_mixture
 
@@ -467,13 +467,14 @@ def segment_tumor(
     et &= wt
     if "t1c" in f:
         ncr = (lab_b.get("NCR", np.zeros_like(wt)) | core) & wt & ~et
-        if et.any():
-            # the core lies against or inside the enhancing tumor: a necrotic-looking island away
-            # from it (partial volume of CSF and edema at a sulcus or the surface) is edema
-            nl, nn = ndi.label(ncr, structure=_FULL)
-            if nn:
-                touch = np.unique(nl[dilate_mm(et | core, cfg.et_touch_mm, spacing) & ncr])
-                ncr = np.isin(nl, touch[touch > 0])
+        nl, nn = ndi.label(ncr, structure=_FULL)
+        if nn:
+            # the core lies against or inside the enhancing tumor, or is a thick blob of its own
+            # (a necrosis whose rim is not found): a thin necrotic-looking sheet away from both
+            # (partial volume of CSF and edema at a sulcus or the brain surface) is edema
+            anchor = dilate_mm(et | core, cfg.et_touch_mm, spacing) | open_mm(ncr, 3.0, spacing)
+            keep = np.unique(nl[anchor & ncr])
+            ncr = np.isin(nl, keep[keep > 0])
     else:
         ncr = np.zeros_like(wt)
     sub_lab = np.zeros(inb.shape, np.uint8)
