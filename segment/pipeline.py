@@ -35,6 +35,8 @@ HIST_BINS = 2048
 PV_BIN_MERGE = 4
 #: Largest accepted move of a pure class mean from its plain-mixture estimate, in that class's SD.
 PV_MAX_DRIFT = 2.0
+#: Most a pure class of the partial-volume model may hold, relative to its plain-mixture class.
+PV_MAX_GAIN = 1.25
 
 
 @dataclass
@@ -326,8 +328,10 @@ def fit_tissue_mixture(
 
         if prior_fit is not None:
             means0, covs0 = prior_fit["means"], prior_fit["covariances"]
+            share0 = prior_fit["resp"].mean(axis=0)
         else:
             means0, covs0 = _class_moments(gmm, classes)
+            share0 = np.array([gmm.weights_[classes == c].sum() for c in (1, 2, 3)])
         # The partial-volume EM converges slowly (the pure means move a little each step), so
         # it runs to a tight tolerance; on one feature it is fitted on the same histogram as
         # the mixture, on several on a seeded subset, which fixes a handful of parameters as
@@ -348,20 +352,33 @@ def fit_tissue_mixture(
         pv = PartialVolumeMixture(3, tol=1e-7, max_iter=1000, reg_covar=max(mc.reg_covar, 1e-6),
                                   shared_noise=shared)
         pv.fit(pv_x, means_init=means0, covariances_init=covs0, sample_weight=pv_w, max_drift=PV_MAX_DRIFT)
-        accepted = not pv.drifted_ and float(pv.drift_.max()) <= PV_MAX_DRIFT
+        # ... nor let a pure class take another over: the mixes take the boundary voxels, so a
+        # pure class holds fewer voxels than the plain mixture's class, never many more (with
+        # little contrast for the noise, high noise or z-scored multi-modal scans, pure WM
+        # swallowed GM while its mean moved less than its own SD). A pure class may empty
+        # (the CSF of a skull-stripped scan is mostly mixed voxels).
+        kept = pv.class_weights_[:3] / np.maximum(share0, 1e-12)
+        collapsed = bool(kept.max() > PV_MAX_GAIN)
+        accepted = not pv.drifted_ and float(pv.drift_.max()) <= PV_MAX_DRIFT and not collapsed
         info["partial_volume"] = {
             "noise": mc.pv_noise,
             "n_iter": int(pv.n_iter_),
             "class_means": np.round(pv.means_, 4).tolist(),
             "class_weights": np.round(pv.class_weights_, 4).tolist(),
             "drift_sd": np.round(pv.drift_, 3).tolist(),
+            "pure_share_kept": np.round(kept, 3).tolist(),
             "used": bool(accepted),
         }
         if accepted:
             probs = pv.predict_fractions(predict_x)
         else:
-            msg = (f"partial-volume model fell back to the plain mixture (pure means drifted "
-                   f"{max(info['partial_volume']['drift_sd']):.1f} SD > {PV_MAX_DRIFT:g})")
+            if collapsed and not (pv.drifted_ or float(pv.drift_.max()) > PV_MAX_DRIFT):
+                c = int(np.argmax(kept))
+                msg = (f"partial-volume model fell back to the plain mixture (pure {TISSUE_LABELS[c + 1]} took "
+                       f"{kept[c]:.2f}x the voxels of its plain-mixture class > {PV_MAX_GAIN:g}x)")
+            else:
+                msg = (f"partial-volume model fell back to the plain mixture (pure means drifted "
+                       f"{max(info['partial_volume']['drift_sd']):.1f} SD > {PV_MAX_DRIFT:g})")
             log.warning(msg)
             info.setdefault("flags", []).append(msg)
             probs = None if prior_fit is not None else class_probabilities(gmm.predict_proba(predict_x), classes)

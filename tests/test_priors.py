@@ -209,3 +209,37 @@ def test_two_agreeing_contrasts_are_not_overruled_by_the_priors():
     assert info["contrast_agreement"] == 2 and info["naming"] == "contrast"
     assert np.mean(labels == true + 1) > 0.9
     assert any("named by the contrast rule (T1 and T2 agree" in f for f in info["flags"])
+
+
+def test_partial_volume_that_lets_a_pure_class_take_another_over_falls_back(monkeypatch):
+    """Bug (BraTS, four z-scored modalities): the partial-volume EM handed GM to pure WM (1.9x
+    its plain-mixture voxels) while every pure mean moved less than its own SD, so the drift
+    guard passed it and the case came out 154 mL GM / 694 mL WM. A pure class holds fewer
+    voxels than its plain-mixture class (the mixes take the boundary), never many more."""
+    from segment.phantom import make_phantom
+    from segment.preprocess.normalize import robust_zscore
+
+    ph = make_phantom(0, shape=(48, 56, 48), spacing=(4.0, 4.0, 4.0), bias=0.0)
+    m = ph.brain_mask
+    mods = ["t1", "t1c", "t2", "flair"]
+    X = np.stack([robust_zscore(ph.images[k], m)[m] for k in mods], axis=1)
+    cfg = Config()
+    _, _, info = fit_tissue_mixture(X, mods, cfg)
+    assert info["partial_volume"]["used"] and max(info["partial_volume"]["pure_share_kept"]) <= 1.25
+    real_fit = PartialVolumeMixture.fit
+
+    def takeover(self, *a, **k):  # the fit as it went on the BraTS case: pure WM takes GM's voxels
+        real_fit(self, *a, **k)
+        w = self.class_weights_.copy()
+        w[2] += 0.8 * (w[1] + w[3:].sum())  # GM and the mixes
+        w[1] *= 0.2
+        w[3:] *= 0.2
+        self.class_weights_ = w
+        return self
+
+    monkeypatch.setattr(PartialVolumeMixture, "fit", takeover)
+    labels, _, info = fit_tissue_mixture(X, mods, cfg)
+    assert info["partial_volume"]["used"] is False
+    assert any("pure WM took" in f for f in info["flags"])
+    plain, _, _ = fit_tissue_mixture(X, mods, config_from_dict({"mixture": {"partial_volume": False}}))
+    np.testing.assert_array_equal(labels, plain)

@@ -57,7 +57,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..config import TumorConfig
-from ..morphology import bounding_box_of, dilate_mm, erode_mm, open_mm, remove_small
+from ..morphology import bounding_box_of, dilate_mm, erode_mm, remove_small
 from ..types import MODALITIES
 from .tumor_model import HEALTHY, enclosed_blobs, enclosed_core, fit_healthy, fit_tumor_mixture
 
@@ -468,13 +468,15 @@ def segment_tumor(
     if "t1c" in f:
         ncr = (lab_b.get("NCR", np.zeros_like(wt)) | core) & wt & ~et
         nl, nn = ndi.label(ncr, structure=_FULL)
-        if nn:
-            # the core lies against or inside the enhancing tumor, or is a thick blob of its own
-            # (a necrosis whose rim is not found): a thin necrotic-looking sheet away from both
-            # (partial volume of CSF and edema at a sulcus or the brain surface) is edema
-            anchor = dilate_mm(et | core, cfg.et_touch_mm, spacing) | open_mm(ncr, 3.0, spacing)
+        if nn and et.any():
+            # the core lies against or inside the enhancing tumor: a necrotic-looking island away
+            # from it is no tumor (partial volume of CSF with edema or grey matter at a sulcus or
+            # the brain surface, fitted by the core class)
+            anchor = dilate_mm(et | core, cfg.et_touch_mm, spacing)
             keep = np.unique(nl[anchor & ncr])
-            ncr = np.isin(nl, keep[keep > 0])
+            stray = ncr & ~np.isin(nl, keep[keep > 0])
+            ncr &= ~stray
+            wt &= ~stray
     else:
         ncr = np.zeros_like(wt)
     sub_lab = np.zeros(inb.shape, np.uint8)
@@ -551,7 +553,7 @@ def _signature_init(f, m, reach, seeds, healthy, mods, cfg, spacing):
             notcsf = f["t1c"] > H[CSF_, j["t1c"]] + 3.0 * sd[CSF_, j["t1c"]]
         init["ET"] = enh & out
         # the core: T1c-dark outliers that are not CSF, or whatever the enhancing voxels enclose
-        # (a fluid cyst is CSF-like, so it is no outlier of the healthy classes)
+        # and is darker on T1c than grey matter (a fluid cyst is CSF-like, so it is no outlier of the healthy classes)
         enclosed = enclosed_core(remove_small(init["ET"], cfg.min_et_mm3, float(np.prod(spacing))), m, spacing,
                                  cfg.core_close_mm, cfg.core_cap_mm) & reach
         init["NCR"] = ((dark & notcsf & out) | enclosed) & ~enh
