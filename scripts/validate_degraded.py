@@ -227,7 +227,8 @@ def main(argv=None) -> int:
         mask_path = save_volume(brain.astype(np.uint8), t1_img.affine, tmp / "mask.nii.gz", dtype=np.uint8)
         warm = True
         for vi, (vname, b, s) in enumerate(variants):
-            img = degrade(t1, brain, wm_mean, b, s, args.seed + vi) if (b or s) else t1
+            # the seed follows the variant's place in VARIANTS, so --variants reproduces the rows of a full run
+            img = degrade(t1, brain, wm_mean, b, s, args.seed + VARIANTS.index((vname, b, s))) if (b or s) else t1
             case = tmp / f"case{vi}"
             t1_path = save_volume(img, t1_img.affine, case / "t1.nii.gz",
                                   dtype=np.uint8 if not (b or s) else np.float32)
