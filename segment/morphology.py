@@ -155,13 +155,14 @@ def squared_distance_to(feature: np.ndarray, spacing) -> np.ndarray:
 
 
 def bounding_box_of(mask: np.ndarray, pad) -> tuple[slice, ...]:
-    """Bounding box of ``mask`` grown by ``pad`` voxels (one int, or one per axis), clipped to
-    the array."""
+    """Bounding box of a non-empty ``mask`` grown by ``pad`` voxels (one int, or one per
+    axis), clipped to the array."""
     pads = [int(pad)] * mask.ndim if np.isscalar(pad) else [int(p) for p in pad]
-    idx = np.nonzero(mask)
-    return tuple(
-        slice(max(int(i.min()) - p, 0), min(int(i.max()) + p + 1, n)) for i, n, p in zip(idx, mask.shape, pads)
-    )
+    box = []
+    for ax, (p, n) in enumerate(zip(pads, mask.shape)):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != ax)))
+        box.append(slice(max(int(hit[0]) - p, 0), min(int(hit[-1]) + 1 + p, n)))
+    return tuple(box)
 
 
 def ball(radius_mm: float, spacing: Sequence[float]) -> np.ndarray:

@@ -5,6 +5,8 @@ import numpy as np
 from numba import njit
 from scipy import ndimage as ndi
 
+from .morphology import bounding_box_of
+
 
 def fill_holes_slicewise(mask: np.ndarray) -> np.ndarray:
     """Fill the holes of every axial slice (in-plane 4-connected background that does not reach
@@ -82,12 +84,7 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
 
 def bounding_box(mask: np.ndarray, pad: int = 1, pad_z: int | None = None) -> tuple[slice, ...]:
     """Bounding box of ``mask`` grown by ``pad`` voxels (``pad_z`` along the last axis)."""
-    pads = (pad, pad, pad if pad_z is None else pad_z)
-    box = []
-    for ax, p in enumerate(pads):
-        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != ax)))
-        box.append(slice(max(int(hit[0]) - p, 0), int(hit[-1]) + 1 + p))
-    return tuple(box)
+    return bounding_box_of(mask, (pad, pad, pad if pad_z is None else pad_z))
 
 
 def remove_small_islands(

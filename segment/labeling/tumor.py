@@ -20,15 +20,21 @@ Steps (all sizes in millimetres, so they hold at any voxel size):
    lesion; optional per-voxel healthy priors (``healthy_prior``, e.g. warped atlas maps) weight
    them, flat otherwise. Tumor classes ED / ET / NCR are started from the voxels whose signature
    fits them (outliers of every healthy class that are FLAIR-bright / enhancing / T1c-dark and not
-   CSF-like) and fitted by EM jointly with the fixed healthy classes within ``grow_mm`` of the
-   lesions, with a latent spatial tumor prior (start ``alpha0``, re-estimated as the smoothed
-   tumor posterior), soft signature gates on each tumor class's prior (``ed_gate_sd``,
-   ``et_gate_sd``), a mean-field Potts MRF (``mrf_beta``) and, in the second round, the core
-   enclosed by enhancement (ET or NCR only) or by tumor (tumor classes only).
+   CSF-like; NCR also from whatever the enhancing outliers enclose, since a fluid cyst is
+   CSF-like and so no outlier) and fitted by EM jointly with the fixed healthy classes within
+   ``grow_mm`` of the lesions, with a latent spatial tumor prior (start ``alpha0``, re-estimated
+   as the smoothed tumor posterior), soft signature gates on each tumor class's prior
+   (``ed_gate_sd``, ``et_gate_sd``; outside an enclosure the core is also FLAIR-brighter than
+   healthy CSF), a mean-field Potts MRF (``mrf_beta``) and, in the second round, the core
+   enclosed by enhancement (ET or NCR only) or by tumor (tumor classes only; a blob that is a
+   section of a larger CSF space, such as a ventricle passing through edema, is not enclosed).
 3. **Labels.** Argmax of the posteriors; ET islands under ``min_et_mm3`` dropped; what ET encloses
    (closed by ``core_close_mm``; where the rim reaches the brain surface the outside within
-   ``core_cap_mm`` closes it) and thick healthy-looking blobs enclosed by the tumor are NCR; WT is
-   the tumor connected to a detected lesion, islands under ``min_island_mm3`` removed.
+   ``core_cap_mm`` closes it) and thick healthy-looking blobs enclosed by the tumor (not sections
+   of a larger CSF space) are NCR; WT is the tumor connected to a detected lesion, islands under
+   ``min_island_mm3`` removed. When there is enhancement, an NCR island that touches neither ET
+   nor an enclosed core (within ``et_touch_mm``) is no tumor: partial volume of CSF with edema or
+   grey matter at a sulcus or the brain surface.
    ``want_probabilities`` returns the NCR/ED/ET posteriors (float32) and the voxel-wise entropy
    of the full (healthy + tumor) posterior.
 

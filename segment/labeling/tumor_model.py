@@ -17,7 +17,9 @@ The model of :func:`fit_tumor_mixture` (after Prastawa et al. 2004 and Menze et 
 * **Enclosed core.** A core enclosed by enhancement (ET closed, its holes filled in 3-D and per
   slice; the brain surface caps a rim that reaches it) cannot be healthy tissue or edema: its
   prior is given to ET and NCR only. This is what turns a FLAIR-dark, CSF-like cyst inside an
-  enhancing rim into necrosis.
+  enhancing rim into necrosis. What the tumor as a whole encloses (thick blobs, see
+  :func:`enclosed_blobs`) is given to the tumor classes, unless it is a section of a larger CSF
+  space (a ventricle through edema).
 * **MRF.** A mean-field Potts term couples each voxel's class with its 26 neighbours' current
   posteriors (weight ``beta``).
 
