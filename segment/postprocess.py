@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
-from scipy import ndimage as ndi
 
-from .morphology import bounding_box_of
+from .morphology import bounding_box_of, fill_holes_in
 
 
 def fill_holes_slicewise(mask: np.ndarray) -> np.ndarray:
@@ -24,13 +23,7 @@ def fill_holes_slicewise(mask: np.ndarray) -> np.ndarray:
         return mask.copy()
     out = np.zeros_like(mask)
     box = bounding_box(mask, pad_z=0)
-    in_plane = np.zeros((3, 3, 3), bool)
-    in_plane[:, :, 1] = ndi.generate_binary_structure(2, 1)
-    padded = np.pad(mask[box], ((1, 1), (1, 1), (0, 0)))
-    comp, _ = ndi.label(~padded, structure=in_plane)
-    border = np.unique(np.concatenate([comp[0].ravel(), comp[-1].ravel(), comp[:, 0].ravel(), comp[:, -1].ravel()]))
-    holes = (comp > 0) & ~np.isin(comp, border)
-    out[box] = (padded | holes)[1:-1, 1:-1, :]
+    out[box] = fill_holes_in(mask[box], axis=2)
     return out
 
 
@@ -48,11 +41,7 @@ def fill_holes_nd(mask: np.ndarray) -> np.ndarray:
     >>> int(fill_holes_nd(m).sum()), int(fill_holes_nd(m[:, :, :2]).sum())  # the cut hole is open
     (64, 28)
     """
-    mask = np.asarray(mask, dtype=bool)
-    padded = np.pad(mask, 1)
-    comp, _ = ndi.label(~padded)
-    inside = comp != comp[(0,) * comp.ndim]
-    return inside[(slice(1, -1),) * comp.ndim]
+    return fill_holes_in(mask)
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:

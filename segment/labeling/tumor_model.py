@@ -481,7 +481,10 @@ def fit_tumor_mixture(
         return TumorMixtureResult(classes, Q, box, {}, info)
     s = sum(tw.values())
     tw = {c: v / s for c, v in tw.items()}
-    gates = {c: (np.asarray(gate[c], dtype=np.float64)[box][b] if gate and c in gate else np.ones(n)) for c in tcls}
+    gate_arr = np.ones((n, len(tcls)))  # each tumor class's signature gate, per voxel
+    for j, c in enumerate(tcls):
+        if gate and c in gate:
+            gate_arr[:, j] = np.asarray(gate[c], dtype=np.float64)[box][b]
     alpha = np.where(r, alpha0, 0.0).astype(np.float32)
     sig_a = [alpha_smooth_mm / sp for sp in spacing]
     den_a = ndi.gaussian_filter(b.astype(np.float32), sig_a, mode="constant", truncate=2.0)
@@ -494,7 +497,6 @@ def fit_tumor_mixture(
     unary = np.empty((n, K), np.float32)
     history = []
     rounds = core_rounds + 1
-    gate_arr = np.ascontiguousarray(np.stack([gates[c] for c in tcls], axis=1))
     hp = np.ascontiguousarray(hp)
     ncr = tcls.index("NCR") if "NCR" in tcls else -1
     et_j = tcls.index("ET") if "ET" in tcls else -1
