@@ -230,6 +230,15 @@ class TumorConfig(_Strict):
         2.0, ge=0, le=20, description="an enhancing island is tumor only if this close (mm) to the edema/core body"
     )
     ed_gate_sd: float = Field(1.0, ge=-2, le=10, description="edema class: FLAIR this many healthy GM SDs above GM")
+    local_mm: float = Field(
+        10.0, ge=0, le=50, description="sigma (mm) of the local proportions of the tumor classes (0: global weights only)"
+    )
+    local_weight: float = Field(
+        0.5, ge=0, le=1, description="share of the local (smoothed posterior) proportions in each tumor class's prior"
+    )
+    csf_edema_mix: bool = Field(
+        True, description="model the partial-volume voxels between healthy CSF and edema as a class of their own"
+    )
     em_iterations: int = Field(
         8, ge=1, le=100, description="EM iterations per round of the tumor mixture (2 rounds: the enclosed core between)"
     )

@@ -23,7 +23,9 @@ Steps (all sizes in millimetres, so they hold at any voxel size):
    CSF-like; NCR also from whatever the enhancing outliers enclose, since a fluid cyst is
    CSF-like and so no outlier) and fitted by EM jointly with the fixed healthy classes within
    ``grow_mm`` of the lesions, with a latent spatial tumor prior (start ``alpha0``, re-estimated
-   as the smoothed tumor posterior), soft signature gates on each tumor class's prior
+   as the smoothed tumor posterior), local proportions of the tumor classes (``local_mm``,
+   ``local_weight``), a partial-volume class for the voxels between healthy CSF and edema
+   (``csf_edema_mix``; its voxels are not tumor), soft signature gates on each tumor class's prior
    (``ed_gate_sd``, ``et_gate_sd``; outside an enclosure the core is also FLAIR-brighter than
    healthy CSF), a mean-field Potts MRF (``mrf_beta``) and, in the second round, the core
    enclosed by enhancement (ET or NCR only) or by tumor (tumor classes only; a blob that is a
@@ -65,7 +67,7 @@ from scipy import ndimage as ndi
 from ..config import TumorConfig
 from ..morphology import bounding_box_of, dilate_mm, erode_mm, remove_small
 from ..types import MODALITIES
-from .tumor_model import HEALTHY, enclosed_blobs, enclosed_core, fit_healthy, fit_tumor_mixture
+from .tumor_model import HEALTHY, MIX, enclosed_blobs, enclosed_core, fit_healthy, fit_tumor_mixture
 
 __all__ = ["TumorResult", "tumor_regions_possible", "should_run_tumor", "segment_tumor", "TUMOR_LABELS"]
 
@@ -428,7 +430,8 @@ def segment_tumor(
     mix = fit_tumor_mixture(
         f, m, reach, spacing, healthy=healthy, healthy_prior=hp, tumor_classes=tcls, init=init, gate=gate,
         alpha0=cfg.alpha0, beta=cfg.mrf_beta, iterations=cfg.em_iterations, close_mm=cfg.core_close_mm,
-        cap_mm=cfg.core_cap_mm, min_et_mm3=cfg.min_et_mm3,
+        cap_mm=cfg.core_cap_mm, min_et_mm3=cfg.min_et_mm3, local_mm=cfg.local_mm,
+        local_weight=cfg.local_weight, csf_edema_mix=cfg.csf_edema_mix,
     )
     info["flags"].extend(mix.info.get("flags", []))
     info["mixture"] = {k: v for k, v in mix.info.items() if k != "flags"}
@@ -509,6 +512,8 @@ def segment_tumor(
             if c in cls:
                 sub = np.zeros(m.shape, np.float32)
                 sub[mb] = Q[cls.index(c)]
+                if c == "ED" and MIX in cls:  # a CSF/edema mix voxel is half edema
+                    sub[mb] += 0.5 * Q[cls.index(MIX)]
                 pm[box] = sub
             probs[c] = pm
         ent = np.zeros(mask.shape, np.float32)

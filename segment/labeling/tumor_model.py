@@ -20,6 +20,17 @@ The model of :func:`fit_tumor_mixture` (after Prastawa et al. 2004 and Menze et 
   enhancing rim into necrosis. What the tumor as a whole encloses (thick blobs, see
   :func:`enclosed_blobs`) is given to the tumor classes, unless it is a section of a larger CSF
   space (a ventricle through edema).
+* **Local class proportions.** A tumor class's mixing weight is, in part (``local_weight``),
+  its share of the tumor posterior smoothed over ``local_mm`` around the voxel (spatially
+  varying mixing proportions, the per-class form of the latent atlas): a non-enhancing core
+  next to the enhancing rim is drawn to the core class, edema far from it to edema.
+* **CSF/edema partial volume.** Where a ventricle or a sulcus meets edema, the voxels are a
+  blur of the two; they lie between CSF and edema on FLAIR and T1c, where the core class
+  would take them. A class of their own (mean half-way between healthy CSF and the current
+  edema, covariance of an even mix plus the spread of the mixing fraction) explains them; its
+  prior exists only where a CSF and an edema posterior are both within one voxel, so a thick
+  cyst is never a "mix". Its voxels are no tumor in the hard labels; in the posterior maps
+  half of its posterior goes to edema.
 * **MRF.** A mean-field Potts term couples each voxel's class with its 26 neighbours' current
   posteriors (weight ``beta``).
 
@@ -54,6 +65,8 @@ __all__ = [
 
 HEALTHY = ("CSF", "GM", "WM")
 TUMOR = ("NCR", "ED", "ET")
+#: The partial-volume class between healthy CSF and edema (ventricle and sulcal walls in edema).
+MIX = "CSF|ED"
 
 #: Sign of each modality in the CSF-likeness and the WM-vs-GM scores used to name healthy classes.
 _CSF_SIGN = {"t1": -1.0, "t1c": -1.0, "t2": 1.0, "flair": -1.0}
@@ -273,7 +286,7 @@ def _unary(X, means, linv, logdet, alpha, hp, gates, tw, mode, ncr, et, out):
     """out[i, k] = log N(X[i]; means[k], (L L^T)) + log prior[i, k], float32.
 
     The prior of voxel i: ``(1 - alpha_i) hp[i, k]`` for the healthy classes k < nh and
-    ``alpha_i tw[j] gates[i, j]`` for the tumor class nh + j. Enclosed by enhancement
+    ``alpha_i tw[i, j] gates[i, j]`` for the tumor class nh + j. Enclosed by enhancement
     (``mode`` 1) only ET and NCR keep a prior, NCR without its gate; enclosed by tumor (``mode`` 2)
     the healthy classes have none and NCR has no gate. A zero prior gives -1e4. ``ncr`` and
     ``et`` are the tumor indices of NCR and ET, or -1.
@@ -292,11 +305,11 @@ def _unary(X, means, linv, logdet, alpha, hp, gates, tw, mode, ncr, et, out):
             else:
                 j = k - nh
                 if j == ncr and md != _FREE:
-                    pr = a * tw[j]
+                    pr = a * tw[i, j]
                 elif md == _IN_CORE and j != et:
                     pr = 0.0
                 else:
-                    pr = a * tw[j] * gates[i, j]
+                    pr = a * tw[i, j] * gates[i, j]
             if pr <= 0.0:
                 out[i, k] = np.float32(-1e4)
                 continue
@@ -376,6 +389,100 @@ def _weighted_moments(X, Q, cols):
     return s0, mu, cov
 
 
+@njit(parallel=True, cache=True)
+def _neighbour_max_product(idxmap, q, ka, kb, out, j):
+    """out[i, j] = max of q[:, ka] over voxel i's 3x3x3 neighbourhood x the same max of q[:, kb]."""
+    X, Y, Z = idxmap.shape
+    for x in prange(X):
+        for y in range(Y):
+            for z in range(Z):
+                i = idxmap[x, y, z]
+                if i < 0:
+                    continue
+                ma = 0.0
+                mb = 0.0
+                for dx in range(max(x - 1, 0), min(x + 2, X)):
+                    for dy in range(max(y - 1, 0), min(y + 2, Y)):
+                        for dz in range(max(z - 1, 0), min(z + 2, Z)):
+                            k = idxmap[dx, dy, dz]
+                            if k >= 0:
+                                ma = max(ma, q[k, ka])
+                                mb = max(mb, q[k, kb])
+                out[i, j] = ma * mb
+
+
+@njit(cache=True)
+def _block_sums(idxmap, qt, f0, f1, f2, out):
+    """out[j, cx, cy, cz] += qt[i, j] over the voxels i of each block of f0 x f1 x f2."""
+    X, Y, Z = idxmap.shape
+    for x in range(X):
+        for y in range(Y):
+            for z in range(Z):
+                i = idxmap[x, y, z]
+                if i < 0:
+                    continue
+                for j in range(qt.shape[1]):
+                    out[j, x // f0, y // f1, z // f2] += qt[i, j]
+
+
+@njit(parallel=True, cache=True)
+def _trilinear_at(idxmap, coarse, f0, f1, f2, out):
+    """out[i, j] = coarse[j] interpolated (linearly, block centres as nodes) at voxel i."""
+    X, Y, Z = idxmap.shape
+    T, cx, cy, cz = coarse.shape
+    for x in prange(X):
+        u = min(max((x + 0.5) / f0 - 0.5, 0.0), cx - 1.0)
+        u0 = min(int(u), cx - 2) if cx > 1 else 0
+        wu = u - u0 if cx > 1 else 0.0
+        u1 = min(u0 + 1, cx - 1)
+        for y in range(Y):
+            v = min(max((y + 0.5) / f1 - 0.5, 0.0), cy - 1.0)
+            v0 = min(int(v), cy - 2) if cy > 1 else 0
+            wv = v - v0 if cy > 1 else 0.0
+            v1 = min(v0 + 1, cy - 1)
+            for z in range(Z):
+                i = idxmap[x, y, z]
+                if i < 0:
+                    continue
+                w = min(max((z + 0.5) / f2 - 0.5, 0.0), cz - 1.0)
+                w0 = min(int(w), cz - 2) if cz > 1 else 0
+                ww = w - w0 if cz > 1 else 0.0
+                w1 = min(w0 + 1, cz - 1)
+                for j in range(T):
+                    c00 = coarse[j, u0, v0, w0] * (1 - ww) + coarse[j, u0, v0, w1] * ww
+                    c01 = coarse[j, u0, v1, w0] * (1 - ww) + coarse[j, u0, v1, w1] * ww
+                    c10 = coarse[j, u1, v0, w0] * (1 - ww) + coarse[j, u1, v0, w1] * ww
+                    c11 = coarse[j, u1, v1, w0] * (1 - ww) + coarse[j, u1, v1, w1] * ww
+                    c0 = c00 * (1 - wv) + c01 * wv
+                    c1 = c10 * (1 - wv) + c11 * wv
+                    out[i, j] = c0 * (1 - wu) + c1 * wu
+
+
+def _local_proportions(qt: np.ndarray, idxmap: np.ndarray, spacing, sigma_mm: float,
+                       fallback: np.ndarray) -> np.ndarray:
+    """Each tumor class's share of the smoothed tumor posterior around every voxel, (n, T).
+
+    The posteriors ``qt`` (n, T) of the voxels of ``idxmap`` (their row, -1 outside) are
+    block-averaged to a grid of about half a sigma, smoothed there with a Gaussian of
+    ``sigma_mm`` and interpolated back linearly: the local proportions of a full-resolution
+    smoothing at a small fraction of its cost. Where almost no tumor posterior is around,
+    ``fallback`` (the global weights).
+    """
+    f = [max(1, int(sigma_mm / (2.0 * sp))) for sp in spacing]
+    cs = tuple(-(-n // k) for n, k in zip(idxmap.shape, f))
+    T = qt.shape[1]
+    coarse = np.zeros((T,) + cs, np.float64)
+    _block_sums(idxmap, np.ascontiguousarray(qt, dtype=np.float64), f[0], f[1], f[2], coarse)
+    coarse /= float(np.prod(f))
+    sig = [sigma_mm / (k * sp) for k, sp in zip(f, spacing)]
+    for j in range(T):
+        coarse[j] = ndi.gaussian_filter(coarse[j], sig, mode="constant", truncate=2.0)
+    out = np.empty(qt.shape, np.float64)
+    _trilinear_at(idxmap, coarse, f[0], f[1], f[2], out)
+    tot = out.sum(1, keepdims=True)
+    return np.where(tot > 1e-3, out / np.maximum(tot, 1e-12), fallback[None, :])
+
+
 def _smooth_in(a: np.ndarray, brain: np.ndarray, sigma_mm: float, spacing) -> np.ndarray:
     sig = [sigma_mm / s for s in spacing]
     bf = brain.astype(np.float32)
@@ -409,6 +516,9 @@ def fit_tumor_mixture(
     blob_mm: float = 3.0,
     min_et_mm3: float = 50.0,
     reg: float = 1e-2,
+    local_mm: float = 0.0,
+    local_weight: float = 0.0,
+    csf_edema_mix: bool = False,
 ) -> TumorMixtureResult:
     """EM over healthy (fixed) and tumor (estimated) classes inside the bounding box of ``reach``.
 
@@ -439,6 +549,11 @@ def fit_tumor_mixture(
         field as in :mod:`segment.labeling.mrf`).
     iterations, core_rounds
         EM iterations per round; rounds after the first give the enclosed core to ET/NCR.
+    local_mm, local_weight
+        Gaussian sigma (mm) of the local tumor-class proportions and their share of each
+        tumor class's weight (0: the global weights alone).
+    csf_edema_mix : bool
+        Add the CSF/edema partial-volume class ``MIX`` (needs ED).
     """
     mods = list(healthy["modalities"])
     pad = 2
@@ -470,6 +585,17 @@ def fit_tumor_mixture(
             continue
         means[c], covs[c] = _moments(X[sel], np.ones(int(sel.sum())), reg)
         tw[c] = float(sel.sum())
+    hmeans = np.asarray(healthy["means"], dtype=np.float64)
+    hcovs = np.asarray(healthy["covs"], dtype=np.float64)
+
+    def _mix_params():
+        dlt = means["ED"] - hmeans[0]
+        return 0.5 * (hmeans[0] + means["ED"]), 0.25 * (hcovs[0] + covs["ED"]) + np.outer(dlt, dlt) / 48.0
+
+    if csf_edema_mix and "ED" in means:
+        classes.append(MIX)
+        means[MIX], covs[MIX] = _mix_params()
+        tw[MIX] = 0.1 * sum(tw.values())
     K = len(classes)
     tcls = classes[nh:]
     idxmap = np.full(b.shape, -1, np.int32)
@@ -485,14 +611,14 @@ def fit_tumor_mixture(
     for j, c in enumerate(tcls):
         if gate and c in gate:
             gate_arr[:, j] = np.asarray(gate[c], dtype=np.float64)[box][b]
+    if MIX in tcls:
+        gate_arr[:, tcls.index(MIX)] = 0.0  # no mix before the first posteriors
     alpha = np.where(r, alpha0, 0.0).astype(np.float32)
     sig_a = [alpha_smooth_mm / sp for sp in spacing]
     den_a = ndi.gaussian_filter(b.astype(np.float32), sig_a, mode="constant", truncate=2.0)
     core = np.zeros(b.shape, bool)
     core_wt = np.zeros(b.shape, bool)
     vv = float(np.prod(spacing))
-    hmeans = np.asarray(healthy["means"], dtype=np.float64)
-    hcovs = np.asarray(healthy["covs"], dtype=np.float64)
     q = np.empty((n, K), np.float32)
     unary = np.empty((n, K), np.float32)
     history = []
@@ -501,13 +627,24 @@ def fit_tumor_mixture(
     ncr = tcls.index("NCR") if "NCR" in tcls else -1
     et_j = tcls.index("ET") if "ET" in tcls else -1
     mode = np.zeros(n, np.int8)
+    twl = None
     for it in range(iterations * rounds):
         allm = np.concatenate([hmeans, np.stack([means[c] for c in tcls])])
         allc = np.concatenate([hcovs, np.stack([covs[c] for c in tcls])])
         L = np.linalg.cholesky(allc)
         linv = np.ascontiguousarray(np.linalg.inv(L))
         logdet = 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum(1)
-        twa = np.array([tw[c] for c in tcls])
+        twg = np.array([tw[c] for c in tcls])
+        if twl is None:
+            twa = np.ascontiguousarray(np.broadcast_to(twg, (n, len(tcls))))
+        else:
+            twa = (1.0 - local_weight) * twg[None, :] + local_weight * twl
+            # the local proportions only share the tumor prior out among the tumor classes: the
+            # gated total stays that of the global weights, so tumor vs healthy is alpha's alone
+            tot_g = gate_arr @ twg
+            tot_l = (gate_arr * twa).sum(1)
+            twa *= np.where(tot_l > 1e-12, tot_g / np.maximum(tot_l, 1e-12), 1.0)[:, None]
+            twa = np.ascontiguousarray(twa)
         _unary(X, allm, linv, logdet, alpha[b], hp, gate_arr, twa, mode, ncr, et_j, unary)
         if it == 0 or beta <= 0:
             _softmax(unary, q)
@@ -516,14 +653,23 @@ def fit_tumor_mixture(
         # M-step: tumor parameters only
         s0, mu, cv = _weighted_moments(X, q, np.arange(nh, K, dtype=np.int64))
         for j, c in enumerate(tcls):
-            if s0[j] * vv >= 1000.0 * 0.05:  # keep a class's last parameters below 0.05 mL
+            if c != MIX and s0[j] * vv >= 1000.0 * 0.05:  # keep a class's last parameters below 0.05 mL
                 means[c] = mu[j]
                 covs[c] = cv[j] + reg * np.eye(d)
+        if MIX in means:
+            means[MIX], covs[MIX] = _mix_params()
         tot = float(s0.sum())
         if tot > 0:
-            tw = {c: max(float(s0[j]) / tot, 1e-3) for j, c in enumerate(tcls)}
+            tw_new = {c: max(float(s0[j]) / tot, 1e-3) for j, c in enumerate(tcls)}
+            if it == 0 and MIX in tw:  # the mix had no gate yet: keep its start weight
+                tw_new[MIX] = tw[MIX]
+            tw = tw_new
         qt = np.zeros(b.shape, np.float32)
         qt[b] = q[:, nh:].sum(1)
+        if MIX in tcls:  # a CSF/edema mix lies next to CSF and next to edema
+            _neighbour_max_product(idxmap, q, 0, nh + tcls.index("ED"), gate_arr, tcls.index(MIX))
+        if local_mm > 0 and local_weight > 0:
+            twl = _local_proportions(q[:, nh:], idxmap, spacing, local_mm, twg)
         num = ndi.gaussian_filter(qt, sig_a, mode="constant", truncate=2.0)
         sm = np.zeros_like(num)
         np.divide(num, den_a, out=sm, where=den_a > 1e-3)
@@ -544,7 +690,7 @@ def fit_tumor_mixture(
             csf[b] = lab == 0
             core_wt = enclosed_blobs(tum, b, spacing, close_mm, cap_mm, blob_mm, csf=csf) & r & ~core
             mode = np.where(core[b], _IN_CORE, np.where(core_wt[b], _IN_TUMOR, _FREE)).astype(np.int8)
-    rename = name_tumor_classes(means, mods, hmeans[2])
+    rename = name_tumor_classes({k: v for k, v in means.items() if k != MIX}, mods, hmeans[2])
     if any(k != v for k, v in rename.items()):
         info["flags"].append(f"tumor classes renamed by signature after the fit: {rename}")
         classes = [rename.get(c, c) for c in classes]
