@@ -240,7 +240,7 @@ class TumorConfig(_Strict):
         True, description="model the partial-volume voxels between healthy CSF and edema as a class of their own"
     )
     em_iterations: int = Field(
-        8, ge=1, le=100, description="EM iterations per round of the tumor mixture (2 rounds: the enclosed core between)"
+        6, ge=1, le=100, description="EM iterations per round of the tumor mixture (2 rounds: the enclosed core between)"
     )
 
 

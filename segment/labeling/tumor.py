@@ -62,6 +62,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from numba import njit, prange
 from scipy import ndimage as ndi
 
 from ..config import TumorConfig
@@ -527,20 +528,35 @@ def segment_tumor(
     return _finish(labels)
 
 
+@njit(parallel=True, cache=True)
+def _min_mahalanobis(X, means, precs, out):
+    """out[i] = min over k of (X[:, i] - means[k])^T precs[k] (X[:, i] - means[k])."""
+    d, n = X.shape
+    K = means.shape[0]
+    for i in prange(n):
+        best = np.inf
+        for k in range(K):
+            t = 0.0
+            for a in range(d):
+                da = X[a, i] - means[k, a]
+                for b in range(d):
+                    t += da * precs[k, a, b] * (X[b, i] - means[k, b])
+            best = min(best, t)
+        out[i] = best
+
+
 def _signature_init(f, m, reach, seeds, healthy, mods, cfg, spacing):
     """Voxels whose signature starts each tumor class, and the classes the modalities support."""
     H = healthy["means"]
     sd = np.sqrt(np.stack([np.diag(c) for c in healthy["covs"]]))
     CSF_, GM_ = 0, 1
     j = {k: i for i, k in enumerate(mods)}
-    X = np.stack([f[k] for k in mods], axis=0)
+    X = np.stack([f[k].ravel() for k in mods], axis=0)
     # outlier of every healthy class (Mahalanobis)
-    d2 = np.full(m.shape, np.inf, np.float32)
-    for k in range(3):
-        P = np.linalg.inv(healthy["covs"][k])
-        D = X - H[k][:, None, None, None]
-        d2 = np.minimum(d2, np.einsum("i...,ij,j...->...", D, P, D))
-    out = (d2 > 13.8) & reach & m
+    P = np.stack([np.linalg.inv(c) for c in healthy["covs"]])
+    d2 = np.empty(X.shape[1], np.float32)
+    _min_mahalanobis(X, np.asarray(H, np.float64), P, d2)
+    out = (d2.reshape(m.shape) > 13.8) & reach & m
     init: dict[str, np.ndarray] = {}
     tcls = []
     bright = np.zeros(m.shape, bool)

@@ -390,6 +390,40 @@ def _weighted_moments(X, Q, cols):
 
 
 @njit(parallel=True, cache=True)
+def _tumor_sum_to(idxmap, q, nh, out):
+    """out[x, y, z] = sum of the tumor columns (nh on) of q at that voxel, 0 outside the brain."""
+    X, Y, Z = idxmap.shape
+    K = q.shape[1]
+    for x in prange(X):
+        for y in range(Y):
+            for z in range(Z):
+                i = idxmap[x, y, z]
+                t = 0.0
+                if i >= 0:
+                    for k in range(nh, K):
+                        t += q[i, k]
+                out[x, y, z] = t
+
+
+@njit(parallel=True, cache=True)
+def _alpha_update(idxmap, num, den, reach, amin, amax, alpha):
+    """alpha[i] = the smoothed tumor posterior num / den at voxel i, clipped to [amin, amax],
+    0 outside the reach."""
+    X, Y, Z = idxmap.shape
+    for x in prange(X):
+        for y in range(Y):
+            for z in range(Z):
+                i = idxmap[x, y, z]
+                if i < 0:
+                    continue
+                if not reach[i]:
+                    alpha[i] = 0.0
+                    continue
+                v = num[x, y, z] / den[x, y, z] if den[x, y, z] > 1e-3 else 0.0
+                alpha[i] = min(max(v, amin), amax)
+
+
+@njit(parallel=True, cache=True)
 def _neighbour_max_product(idxmap, q, ka, kb, out, j):
     """out[i, j] = max of q[:, ka] over voxel i's 3x3x3 neighbourhood x the same max of q[:, kb]."""
     X, Y, Z = idxmap.shape
@@ -411,23 +445,26 @@ def _neighbour_max_product(idxmap, q, ka, kb, out, j):
                 out[i, j] = ma * mb
 
 
-@njit(cache=True)
-def _block_sums(idxmap, qt, f0, f1, f2, out):
-    """out[j, cx, cy, cz] += qt[i, j] over the voxels i of each block of f0 x f1 x f2."""
+@njit(parallel=True, cache=True)
+def _block_sums(idxmap, q, k0, f0, f1, f2, out):
+    """out[j, cx, cy, cz] = sum of q[i, k0 + j] over the voxels i of each f0 x f1 x f2 block."""
     X, Y, Z = idxmap.shape
-    for x in range(X):
-        for y in range(Y):
-            for z in range(Z):
-                i = idxmap[x, y, z]
-                if i < 0:
-                    continue
-                for j in range(qt.shape[1]):
-                    out[j, x // f0, y // f1, z // f2] += qt[i, j]
+    T = out.shape[0]
+    for cx in prange(out.shape[1]):  # one slab of blocks per thread: no two write one block
+        for x in range(cx * f0, min((cx + 1) * f0, X)):
+            for y in range(Y):
+                for z in range(Z):
+                    i = idxmap[x, y, z]
+                    if i < 0:
+                        continue
+                    for j in range(T):
+                        out[j, cx, y // f1, z // f2] += q[i, k0 + j]
 
 
 @njit(parallel=True, cache=True)
-def _trilinear_at(idxmap, coarse, f0, f1, f2, out):
-    """out[i, j] = coarse[j] interpolated (linearly, block centres as nodes) at voxel i."""
+def _trilinear_at(idxmap, coarse, f0, f1, f2, fallback, out):
+    """out[i] = the classes' shares of coarse[:] interpolated (linearly, block centres as nodes)
+    at voxel i; ``fallback`` where their sum is under 1e-3."""
     X, Y, Z = idxmap.shape
     T, cx, cy, cz = coarse.shape
     for x in prange(X):
@@ -448,6 +485,7 @@ def _trilinear_at(idxmap, coarse, f0, f1, f2, out):
                 w0 = min(int(w), cz - 2) if cz > 1 else 0
                 ww = w - w0 if cz > 1 else 0.0
                 w1 = min(w0 + 1, cz - 1)
+                tot = 0.0
                 for j in range(T):
                     c00 = coarse[j, u0, v0, w0] * (1 - ww) + coarse[j, u0, v0, w1] * ww
                     c01 = coarse[j, u0, v1, w0] * (1 - ww) + coarse[j, u0, v1, w1] * ww
@@ -455,14 +493,18 @@ def _trilinear_at(idxmap, coarse, f0, f1, f2, out):
                     c11 = coarse[j, u1, v1, w0] * (1 - ww) + coarse[j, u1, v1, w1] * ww
                     c0 = c00 * (1 - wv) + c01 * wv
                     c1 = c10 * (1 - wv) + c11 * wv
-                    out[i, j] = c0 * (1 - wu) + c1 * wu
+                    v = c0 * (1 - wu) + c1 * wu
+                    out[i, j] = v
+                    tot += v
+                for j in range(T):
+                    out[i, j] = out[i, j] / tot if tot > 1e-3 else fallback[j]
 
 
-def _local_proportions(qt: np.ndarray, idxmap: np.ndarray, spacing, sigma_mm: float,
+def _local_proportions(q: np.ndarray, k0: int, idxmap: np.ndarray, spacing, sigma_mm: float,
                        fallback: np.ndarray) -> np.ndarray:
     """Each tumor class's share of the smoothed tumor posterior around every voxel, (n, T).
 
-    The posteriors ``qt`` (n, T) of the voxels of ``idxmap`` (their row, -1 outside) are
+    The posteriors ``q[:, k0:]`` (n, T) of the voxels of ``idxmap`` (their row, -1 outside) are
     block-averaged to a grid of about half a sigma, smoothed there with a Gaussian of
     ``sigma_mm`` and interpolated back linearly: the local proportions of a full-resolution
     smoothing at a small fraction of its cost. Where almost no tumor posterior is around,
@@ -470,17 +512,36 @@ def _local_proportions(qt: np.ndarray, idxmap: np.ndarray, spacing, sigma_mm: fl
     """
     f = [max(1, int(sigma_mm / (2.0 * sp))) for sp in spacing]
     cs = tuple(-(-n // k) for n, k in zip(idxmap.shape, f))
-    T = qt.shape[1]
+    T = q.shape[1] - k0
     coarse = np.zeros((T,) + cs, np.float64)
-    _block_sums(idxmap, np.ascontiguousarray(qt, dtype=np.float64), f[0], f[1], f[2], coarse)
+    _block_sums(idxmap, q, k0, f[0], f[1], f[2], coarse)
     coarse /= float(np.prod(f))
     sig = [sigma_mm / (k * sp) for k, sp in zip(f, spacing)]
     for j in range(T):
         coarse[j] = ndi.gaussian_filter(coarse[j], sig, mode="constant", truncate=2.0)
-    out = np.empty(qt.shape, np.float64)
-    _trilinear_at(idxmap, coarse, f[0], f[1], f[2], out)
-    tot = out.sum(1, keepdims=True)
-    return np.where(tot > 1e-3, out / np.maximum(tot, 1e-12), fallback[None, :])
+    out = np.empty((q.shape[0], T), np.float64)
+    _trilinear_at(idxmap, coarse, f[0], f[1], f[2], np.asarray(fallback, np.float64), out)
+    return out
+
+
+@njit(parallel=True, cache=True)
+def _blend_local(tw, local, gates, lw, out):
+    """out[i] = (1 - lw) tw + lw local[i], rescaled so that sum_j out[i, j] gates[i, j] equals
+    sum_j tw[j] gates[i, j]: the local proportions share the tumor prior out among the tumor
+    classes, and the gated total (tumor vs healthy) stays that of the global weights."""
+    n, T = local.shape
+    for i in prange(n):
+        tg = 0.0
+        tl = 0.0
+        for j in range(T):
+            v = (1.0 - lw) * tw[j] + lw * local[i, j]
+            out[i, j] = v
+            tg += tw[j] * gates[i, j]
+            tl += v * gates[i, j]
+        if tl > 1e-12:
+            r = tg / tl
+            for j in range(T):
+                out[i, j] *= r
 
 
 def _smooth_in(a: np.ndarray, brain: np.ndarray, sigma_mm: float, spacing) -> np.ndarray:
@@ -613,7 +674,9 @@ def fit_tumor_mixture(
             gate_arr[:, j] = np.asarray(gate[c], dtype=np.float64)[box][b]
     if MIX in tcls:
         gate_arr[:, tcls.index(MIX)] = 0.0  # no mix before the first posteriors
-    alpha = np.where(r, alpha0, 0.0).astype(np.float32)
+    r_flat = r[b]
+    alpha = np.where(r_flat, alpha0, 0.0).astype(np.float32)  # per brain voxel of the box
+    qt = np.zeros(b.shape, np.float32)
     sig_a = [alpha_smooth_mm / sp for sp in spacing]
     den_a = ndi.gaussian_filter(b.astype(np.float32), sig_a, mode="constant", truncate=2.0)
     core = np.zeros(b.shape, bool)
@@ -628,6 +691,7 @@ def fit_tumor_mixture(
     et_j = tcls.index("ET") if "ET" in tcls else -1
     mode = np.zeros(n, np.int8)
     twl = None
+    twa = np.empty((n, len(tcls)))
     for it in range(iterations * rounds):
         allm = np.concatenate([hmeans, np.stack([means[c] for c in tcls])])
         allc = np.concatenate([hcovs, np.stack([covs[c] for c in tcls])])
@@ -636,16 +700,10 @@ def fit_tumor_mixture(
         logdet = 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum(1)
         twg = np.array([tw[c] for c in tcls])
         if twl is None:
-            twa = np.ascontiguousarray(np.broadcast_to(twg, (n, len(tcls))))
+            twa[:] = twg[None, :]
         else:
-            twa = (1.0 - local_weight) * twg[None, :] + local_weight * twl
-            # the local proportions only share the tumor prior out among the tumor classes: the
-            # gated total stays that of the global weights, so tumor vs healthy is alpha's alone
-            tot_g = gate_arr @ twg
-            tot_l = (gate_arr * twa).sum(1)
-            twa *= np.where(tot_l > 1e-12, tot_g / np.maximum(tot_l, 1e-12), 1.0)[:, None]
-            twa = np.ascontiguousarray(twa)
-        _unary(X, allm, linv, logdet, alpha[b], hp, gate_arr, twa, mode, ncr, et_j, unary)
+            _blend_local(twg, twl, gate_arr, float(local_weight), twa)
+        _unary(X, allm, linv, logdet, alpha, hp, gate_arr, twa, mode, ncr, et_j, unary)
         if it == 0 or beta <= 0:
             _softmax(unary, q)
         if beta > 0:
@@ -664,17 +722,13 @@ def fit_tumor_mixture(
             if it == 0 and MIX in tw:  # the mix had no gate yet: keep its start weight
                 tw_new[MIX] = tw[MIX]
             tw = tw_new
-        qt = np.zeros(b.shape, np.float32)
-        qt[b] = q[:, nh:].sum(1)
+        _tumor_sum_to(idxmap, q, nh, qt)
         if MIX in tcls:  # a CSF/edema mix lies next to CSF and next to edema
             _neighbour_max_product(idxmap, q, 0, nh + tcls.index("ED"), gate_arr, tcls.index(MIX))
         if local_mm > 0 and local_weight > 0:
-            twl = _local_proportions(q[:, nh:], idxmap, spacing, local_mm, twg)
+            twl = _local_proportions(q, nh, idxmap, spacing, local_mm, twg)
         num = ndi.gaussian_filter(qt, sig_a, mode="constant", truncate=2.0)
-        sm = np.zeros_like(num)
-        np.divide(num, den_a, out=sm, where=den_a > 1e-3)
-        alpha = np.where(r, np.clip(sm, alpha_min, alpha_max), 0.0)
-        alpha = alpha.astype(np.float32)
+        _alpha_update(idxmap, num, den_a, r_flat, float(alpha_min), float(alpha_max), alpha)
         history.append(round(float(qt.sum() * vv / 1000.0), 2))
         if (it + 1) % iterations == 0 and it + 1 < iterations * rounds:
             lab = np.argmax(q, 1)

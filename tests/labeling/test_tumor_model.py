@@ -272,7 +272,7 @@ def test_local_class_proportions_match_a_full_resolution_smoothing():
     idx = np.full(b.shape, -1, np.int32)
     idx[b] = np.arange(b.sum(), dtype=np.int32)
     sp = (1.0, 1.0, 1.5)
-    got = _local_proportions(qt, idx, sp, 6.0, np.array([0.5, 0.5]))
+    got = _local_proportions(qt, 0, idx, sp, 6.0, np.array([0.5, 0.5]))
     ref = np.empty_like(got)
     for j in range(2):
         vol = np.zeros(b.shape)
@@ -282,5 +282,5 @@ def test_local_class_proportions_match_a_full_resolution_smoothing():
     np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-9)
     assert np.abs(got - ref).max() < 0.05
     # with no tumor posterior around, the global weights
-    far = _local_proportions(np.zeros_like(qt), idx, sp, 6.0, np.array([0.3, 0.7]))
+    far = _local_proportions(np.zeros_like(qt), 0, idx, sp, 6.0, np.array([0.3, 0.7]))
     np.testing.assert_allclose(far, np.broadcast_to([0.3, 0.7], far.shape))
