@@ -58,10 +58,10 @@ lies inside the 40 mm reach and touches the tumor.
 """,
     "brats_2013_pat0006_1": """
 **What the overlays show.** The large frontal tumor in the cropped field of view: the FLAIR-bright edema is found
-nearly to its manual extent (WT Dice 0.88), ET covers the enhancing parts of the mass (31 of 43 mL; 25 mL before
+nearly to its manual extent (WT Dice 0.88), ET covers the enhancing parts of the mass (30 of 43 mL; 25 mL before
 the local class proportions, which draw the weakly enhancing voxels inside the mass to ET and the dark ones next to the
 core to NCR). Misses: the manual non-enhancing core (label 3) that surrounds the enhancing parts is intermediate on T1c
-and FLAIR-bright; its outer part is still called edema (TC 66 of 107 mL, Dice 0.73; 0.65 before).
+and FLAIR-bright; its outer part is still called edema (TC 65 of 107 mL, Dice 0.72; 0.65 before).
 """,
     "brats_glioma": """
 **What the overlays show** (montage: axial slices, patient's left on the image left). The ring-enhancing right temporal
