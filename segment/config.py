@@ -229,6 +229,9 @@ class TumorConfig(_Strict):
     et_touch_mm: float = Field(
         2.0, ge=0, le=20, description="an enhancing island is tumor only if this close (mm) to the edema/core body"
     )
+    et_body_fraction: float = Field(
+        0.33, ge=0, le=1, description="an enhancing island is tumor only if this share of the brain around it is tumor body"
+    )
     ed_gate_sd: float = Field(1.0, ge=-2, le=10, description="edema class: FLAIR this many healthy GM SDs above GM")
     local_mm: float = Field(
         10.0, ge=0, le=50, description="sigma (mm) of the local proportions of the tumor classes (0: global weights only)"

@@ -34,7 +34,9 @@ Steps (all sizes in millimetres, so they hold at any voxel size):
    (closed by ``core_close_mm``; where the rim reaches the brain surface the outside within
    ``core_cap_mm`` closes it) and thick healthy-looking blobs enclosed by the tumor (not sections
    of a larger CSF space) are NCR; WT is the tumor connected to a detected lesion, islands under
-   ``min_island_mm3`` removed. When there is enhancement, an NCR island that touches neither ET
+   ``min_island_mm3`` removed. An enhancing island is tumor only where it touches the body
+   (edema, core) and the body makes up at least ``et_body_fraction`` of the brain voxels around
+   it: vessels, the falx and the dura that touch the edema lie in healthy tissue. When there is enhancement, an NCR island that touches neither ET
    nor an enclosed core (within ``et_touch_mm``) is no tumor: partial volume of CSF with edema or
    grey matter at a sulcus or the brain surface.
    ``want_probabilities`` returns the NCR/ED/ET posteriors (float32) and the voxel-wise entropy
@@ -469,7 +471,17 @@ def segment_tumor(
     el, ne = ndi.label(et, structure=_FULL)
     if ne:
         touch = np.unique(el[dilate_mm(body, cfg.et_touch_mm, spacing) & et])
-        et = np.isin(el, touch[touch > 0])
+        keep = np.zeros(ne + 1, bool)
+        keep[touch[touch > 0]] = True
+        # and the tumor surrounds it: of the brain voxels around an enhancing island, at least
+        # et_body_fraction are the tumor's body (an enhancing rim or mass lies in its edema and
+        # against its core; vessels, the falx and the dura lie in healthy tissue and CSF)
+        ring = ndi.maximum_filter(el, size=3) * ((el == 0) & inb)
+        tot = np.bincount(ring.ravel(), minlength=ne + 1)
+        onb = np.bincount(ring[body].ravel(), minlength=ne + 1)
+        keep &= onb >= cfg.et_body_fraction * np.maximum(tot, 1)
+        keep[0] = False
+        et = keep[el]
     wl, _ = ndi.label(body | et, structure=_FULL)
     ids = np.unique(wl[sb])
     wt = np.isin(wl, ids[ids > 0]) & inb

@@ -284,3 +284,36 @@ def test_local_class_proportions_match_a_full_resolution_smoothing():
     # with no tumor posterior around, the global weights
     far = _local_proportions(np.zeros_like(qt), 0, idx, sp, 6.0, np.array([0.3, 0.7]))
     np.testing.assert_allclose(far, np.broadcast_to([0.3, 0.7], far.shape))
+
+
+def test_enhancing_vessel_touching_the_edema_is_not_tumor():
+    """Bug (BraTS case: 11.5 mL of the falx and sinus vessels labelled ET; the clinical exam: the
+    dura along the cortex): an enhancing island counted as tumor as soon as it touched the
+    edema. A vessel running from the edema out through healthy tissue is surrounded by healthy
+    tissue, the tumor's own enhancement by its edema and core."""
+    ph, feats = _case(0)  # a large tumor: its edema reaches far beyond the enhancing rim
+    feats = {k: v.copy() for k, v in feats.items()}
+    et_true = ph.tumor == 3
+    wt = ph.tumor > 0
+    et_pts = np.argwhere(et_true)
+    # the line along axis 1 whose last edema voxel lies farthest from the enhancement
+    best = None
+    for i, k in np.argwhere(wt.any(axis=1)):
+        y_end = int(np.flatnonzero(wt[i, :, k]).max())
+        far = float(np.abs(et_pts - [i, y_end, k]).max(1).min())
+        if best is None or far > best[0]:
+            best = (far, i, k, y_end)
+    far, i0, k0, y_end = best
+    assert far >= 3
+    x, y, z = np.mgrid[: SHAPE[0], : SHAPE[1], : SHAPE[2]]
+    tube = (np.hypot(x - i0, z - k0) <= 1.0) & (y >= y_end - 1) & (y <= y_end + 10) & ph.brain_mask
+    assert np.count_nonzero(tube & ~wt) >= 15
+    for k, v in feats.items():  # a structure that looks like enhancing tumor on every series
+        v[tube] = np.median(v[et_true])
+    got = segment_tumor(feats, ph.brain_mask, ph.spacing, config=TumorConfig())
+    old = segment_tumor(feats, ph.brain_mask, ph.spacing, config=TumorConfig(et_body_fraction=0.0))
+    outside = tube & ~wt
+    assert np.mean(old.labels[outside] == 3) > 0.5  # the failure this test was written for
+    assert np.mean(got.labels[outside] > 0) < 0.2
+    # the tumor's own enhancement stays
+    assert dice(got.labels == 3, et_true) >= 0.9 * dice(old.labels == 3, et_true)
