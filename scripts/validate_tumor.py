@@ -66,16 +66,17 @@ and FLAIR-bright; its outer part is still called edema (TC 65 of 107 mL, Dice 0.
     "brats_glioma": """
 **What the overlays show** (montage: axial slices, patient's left on the image left). The ring-enhancing right temporal
 mass: ET on the enhancing wall, NCR in its non-enhancing centre, ED over the finger-like FLAIR/T2 hyperintensity of the
-right hemisphere. False positives: enhancing vessels, the superior sagittal sinus along the falx (axial ~114) and
-choroid plexus within 40 mm of the lesion are labelled ET where they touch edema; the FLAIR-bright band along the left
-occipital horn is included as ED.
+right hemisphere. The enhancing vessels, the superior sagittal sinus along the falx (axial ~98-114) and the choroid
+plexus that touched the edema were 11.5 mL of ET before 2026-12-03; an enhancing island is now tumor only if the
+tumor's body makes up a third of the brain around it, and they are gone (ET 37 -> 25 mL). Still included: the
+FLAIR-bright band along the left occipital horn, as ED.
 """,
     "tcia_raw": """
 **What the overlays show.** The ring-enhancing frontal lesion (axial 14-19; patient's left) is found as ED, its
 FLAIR-bright rim and darker centre included; its enhancing ring (5.5 mm slices) is not labelled ET, so TC is missed.
-False positives: ET contours run along the lateral cortical surface next to the lesion over several slices (axial
-10-19; dura, vessels and the edge of the estimated brain mask). The necrosis-like sheets there are no longer NCR (a
-thin necrotic-looking sheet away from the enhancing tumor is edema).
+The ET that ran along the lateral cortical surface next to the lesion (axial 10-19: dura, vessels and the edge of the
+estimated brain mask; 4.2 mL) is gone: healthy tissue, not the tumor, surrounds it. The necrosis-like sheets there
+are no NCR either (a thin necrotic-looking sheet away from the enhancing tumor is edema).
 """,
 }
 LIMITATIONS = """
