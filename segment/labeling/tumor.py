@@ -70,7 +70,7 @@ from scipy import ndimage as ndi
 from ..config import TumorConfig
 from ..morphology import bounding_box_of, dilate_mm, erode_mm, remove_small
 from ..types import MODALITIES
-from .tumor_model import HEALTHY, MIX, enclosed_blobs, enclosed_core, fit_healthy, fit_tumor_mixture
+from .tumor_model import HEALTHY, MIX, enclosed_blobs, enclosed_core, fit_healthy, fit_tumor_mixture, surrounded
 
 __all__ = ["TumorResult", "tumor_regions_possible", "should_run_tumor", "segment_tumor", "TUMOR_LABELS"]
 
@@ -435,6 +435,7 @@ def segment_tumor(
         alpha0=cfg.alpha0, beta=cfg.mrf_beta, iterations=cfg.em_iterations, close_mm=cfg.core_close_mm,
         cap_mm=cfg.core_cap_mm, min_et_mm3=cfg.min_et_mm3, local_mm=cfg.local_mm,
         local_weight=cfg.local_weight, csf_edema_mix=cfg.csf_edema_mix,
+        et_body_fraction=cfg.et_body_fraction,
     )
     info["flags"].extend(mix.info.get("flags", []))
     info["mixture"] = {k: v for k, v in mix.info.items() if k != "flags"}
@@ -471,17 +472,9 @@ def segment_tumor(
     el, ne = ndi.label(et, structure=_FULL)
     if ne:
         touch = np.unique(el[dilate_mm(body, cfg.et_touch_mm, spacing) & et])
-        keep = np.zeros(ne + 1, bool)
-        keep[touch[touch > 0]] = True
-        # and the tumor surrounds it: of the brain voxels around an enhancing island, at least
-        # et_body_fraction are the tumor's body (an enhancing rim or mass lies in its edema and
-        # against its core; vessels, the falx and the dura lie in healthy tissue and CSF)
-        ring = ndi.maximum_filter(el, size=3) * ((el == 0) & inb)
-        tot = np.bincount(ring.ravel(), minlength=ne + 1)
-        onb = np.bincount(ring[body].ravel(), minlength=ne + 1)
-        keep &= onb >= cfg.et_body_fraction * np.maximum(tot, 1)
-        keep[0] = False
-        et = keep[el]
+        # and the tumor surrounds it (tumor_model.surrounded): an enhancing rim or mass lies in
+        # its edema and against its core; vessels, the falx and the dura lie in healthy tissue
+        et = np.isin(el, touch[touch > 0]) & surrounded(et, body, inb, cfg.et_body_fraction)
     wl, _ = ndi.label(body | et, structure=_FULL)
     ids = np.unique(wl[sb])
     wt = np.isin(wl, ids[ids > 0]) & inb

@@ -31,6 +31,9 @@ The model of :func:`fit_tumor_mixture` (after Prastawa et al. 2004 and Menze et 
   prior exists only where a CSF and an edema posterior are both within one voxel, so a thick
   cyst is never a "mix". Its voxels are no tumor in the hard labels; in the posterior maps
   half of its posterior goes to edema.
+* **Enhancement the tumor surrounds.** Between rounds, an enhancing island of which less than
+  ``et_body_fraction`` of the brain around it is tumor (vessels, the falx, the dura touching the
+  edema; :func:`surrounded`) loses the ET class, so ET is re-fitted on the tumor's own rim.
 * **MRF.** A mean-field Potts term couples each voxel's class with its 26 neighbours' current
   posteriors (weight ``beta``).
 
@@ -61,6 +64,7 @@ __all__ = [
     "name_tumor_classes",
     "TumorMixtureResult",
     "fit_tumor_mixture",
+    "surrounded",
 ]
 
 HEALTHY = ("CSF", "GM", "WM")
@@ -261,6 +265,24 @@ def enclosed_blobs(tumor: np.ndarray, brain: np.ndarray, spacing, close_mm: floa
     keep = inside >= (total - inside)
     keep[0] = False
     return enc & keep[lab]
+
+
+def surrounded(islands: np.ndarray, body: np.ndarray, inside: np.ndarray, fraction: float) -> np.ndarray:
+    """The 26-connected islands of ``islands`` of which at least ``fraction`` of the ``inside``
+    voxels around them (their 26-neighbour shell) are ``body``.
+
+    An enhancing rim or mass lies in its edema and against its core; vessels, the falx and the
+    dura that merely touch the edema are surrounded by healthy tissue and CSF.
+    """
+    el, ne = ndi.label(islands, structure=np.ones((3, 3, 3), bool))
+    if ne == 0:
+        return np.zeros_like(islands, dtype=bool)
+    ring = ndi.maximum_filter(el, size=3) * ((el == 0) & inside)
+    tot = np.bincount(ring.ravel(), minlength=ne + 1)
+    onb = np.bincount(ring[body].ravel(), minlength=ne + 1)
+    keep = onb >= fraction * np.maximum(tot, 1)
+    keep[0] = False
+    return keep[el]
 
 
 # --------------------------------------------------------------------------- the joint model
@@ -580,6 +602,7 @@ def fit_tumor_mixture(
     local_mm: float = 0.0,
     local_weight: float = 0.0,
     csf_edema_mix: bool = False,
+    et_body_fraction: float = 0.0,
 ) -> TumorMixtureResult:
     """EM over healthy (fixed) and tumor (estimated) classes inside the bounding box of ``reach``.
 
@@ -615,6 +638,9 @@ def fit_tumor_mixture(
         tumor class's weight (0: the global weights alone).
     csf_edema_mix : bool
         Add the CSF/edema partial-volume class ``MIX`` (needs ED).
+    et_body_fraction : float
+        Between rounds, enhancing islands that the tumor does not surround by this share
+        (:func:`surrounded`) lose the ET class for the next round (0: off).
     """
     mods = list(healthy["modalities"])
     pad = 2
@@ -743,6 +769,13 @@ def fit_tumor_mixture(
             csf = np.zeros(b.shape, bool)
             csf[b] = lab == 0
             core_wt = enclosed_blobs(tum, b, spacing, close_mm, cap_mm, blob_mm, csf=csf) & r & ~core
+            if "ET" in tcls and et_body_fraction > 0 and et.any():
+                # enhancing islands the tumor does not surround (vessels, dura) lose the ET class
+                # for the next round, so it is re-fitted on the tumor's own enhancement
+                stray = et & ~surrounded(et, (tum & ~et) | core | core_wt, b, et_body_fraction)
+                stray = morph.dilate_mm(stray, 1.01 * min(spacing), spacing) & ~core
+                gate_arr[stray[b], et_j] = 0.0
+                info["et_off_ml"] = round(float(stray.sum() * vv / 1000.0), 2)
             mode = np.where(core[b], _IN_CORE, np.where(core_wt[b], _IN_TUMOR, _FREE)).astype(np.int8)
     rename = name_tumor_classes({k: v for k, v in means.items() if k != MIX}, mods, hmeans[2])
     if any(k != v for k, v in rename.items()):
