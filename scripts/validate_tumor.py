@@ -61,7 +61,7 @@ lies inside the 40 mm reach and touches the tumor.
 nearly to its manual extent (WT Dice 0.88), ET covers the enhancing parts of the mass (30 of 43 mL; 25 mL before
 the local class proportions, which draw the weakly enhancing voxels inside the mass to ET and the dark ones next to the
 core to NCR). Misses: the manual non-enhancing core (label 3) that surrounds the enhancing parts is intermediate on T1c
-and FLAIR-bright; its outer part is still called edema (TC 65 of 107 mL, Dice 0.72; 0.65 before).
+and FLAIR-bright; its outer part is still called edema (TC 65 of 107 mL, Dice 0.73; 0.65 before).
 """,
     "brats_glioma": """
 **What the overlays show** (montage: axial slices, patient's left on the image left). The ring-enhancing right temporal
@@ -88,9 +88,12 @@ modalities present: healthy CSF/GM/WM Gaussians (trimmed EM, fitted on the brain
 per-voxel healthy priors accepted, flat here) and tumor classes ED/ET/NCR started from their signature voxels and fitted
 by EM within 40 mm of the lesions, with a latent tumor prior (0.5 at start, then the smoothed tumor posterior), soft
 signature gates (ED: FLAIR 1 GM-SD above GM; ET: T1c, or T1c - T1, 1.5 healthy SDs above GM and WM; NCR: T1c below GM),
-a red-black mean-field Potts MRF, and a second round in which the core enclosed by ET (rim closed by the brain surface
-where it reaches it) may only be ET or NCR and thick blobs enclosed by the tumor only tumor. Names are checked by
-signature after the fit (`name_tumor_classes`).
+a red-black mean-field Potts MRF, local proportions of the tumor classes (their smoothed posteriors, sigma 10 mm, half
+of each class's weight, rescaled so that tumor vs healthy stays the latent prior's), a CSF/edema partial-volume class
+(mean half-way, prior only next to both CSF and edema; its voxels are no tumor), and a second round in which the core
+enclosed by ET (rim closed by the brain surface where it reaches it) may only be ET or NCR, thick blobs enclosed by the
+tumor only tumor, and enhancing islands the tumor does not surround (under a third of the brain around them is tumor:
+vessels, falx, dura) no ET. Names are checked by signature after the fit (`name_tumor_classes`).
 
 ## Limitations and what is not done
 
@@ -98,9 +101,15 @@ signature after the fit (`name_tumor_classes`).
   enclosed by enhancement (BRATS label 3) is often called edema, and enhancement is under-segmented where it is thin.
 - T1c alone gives no region (no edema context; enhancing vessels, dura and choroid plexus look the same); T2 without
   FLAIR gives none.
-- Speed: the tumor step takes seconds to tens of seconds on a 240x240x155 case with a large tumor on this shared
-  2-core machine (the mixture runs on the bounding box of the 40 mm reach); the 15 s whole-run budget is not
-  re-measured here.
+- Speed: the tumor step takes 5-7 s on a 240x240x155 case with a large tumor on this shared 2-core machine (the
+  mixture runs on the bounding box of the 40 mm reach); the 15 s whole-run budget is measured by
+  `scripts/bench_case.py` (docs/benchmarks.md).
+- Fragile to the reach (measured 2026-12-03, not fixed): the enhancing class is one Gaussian. Grown wider than the
+  default 40 mm around the seed lesions (`grow_mm: 60`, or the lesion grown by hysteresis down to FLAIR z 2.5 before
+  the 40 mm), it is captured on pat0005 by FLAIR-dark enhancing structures (vessels, choroid plexus: ET mean T1c 2.4,
+  FLAIR -0.6) and the case's ET Dice falls to 0 (WT 0.05 at 60 mm). pat0005's lateral and superior misses lie beyond
+  the reach of its 1.7 mL seed, so a wider reach is what they need; a second enhancing class, or an enhancing class
+  tied to the FLAIR lesion, is the next thing to try.
 - The healthy classes take spatial priors (`healthy_prior`), but the pipeline does not pass atlas priors yet.
 """
 
