@@ -515,9 +515,9 @@ def _trilinear_at(idxmap, coarse, f0, f1, f2, fallback, out):
                     c11 = coarse[j, u1, v1, w0] * (1 - ww) + coarse[j, u1, v1, w1] * ww
                     c0 = c00 * (1 - wv) + c01 * wv
                     c1 = c10 * (1 - wv) + c11 * wv
-                    v = c0 * (1 - wu) + c1 * wu
-                    out[i, j] = v
-                    tot += v
+                    val = c0 * (1 - wu) + c1 * wu
+                    out[i, j] = val
+                    tot += val
                 for j in range(T):
                     out[i, j] = out[i, j] / tot if tot > 1e-3 else fallback[j]
 
@@ -759,7 +759,7 @@ def fit_tumor_mixture(
         if (it + 1) % iterations == 0 and it + 1 < iterations * rounds:
             lab = np.argmax(q, 1)
             tum = np.zeros(b.shape, bool)
-            tum[b] = lab >= nh
+            tum[b] = (lab >= nh) & (lab != (classes.index(MIX) if MIX in classes else -1))  # a mix is no tumor
             tum = morph.remove_small(tum, min_et_mm3, vv)
             if "ET" in tcls:
                 et = np.zeros(b.shape, bool)
