@@ -36,16 +36,16 @@ Steps (all sizes in millimetres, so they hold at any voxel size):
    of a larger CSF space) are NCR; WT is the tumor connected to a detected lesion, islands under
    ``min_island_mm3`` removed. An enhancing island is tumor only where it touches the body
    (edema, core) and the body makes up at least ``et_body_fraction`` of the brain voxels around
-   it: vessels, the falx and the dura that touch the edema lie in healthy tissue. When there is enhancement, an NCR island that touches neither ET
-   nor an enclosed core (within ``et_touch_mm``) is no tumor: partial volume of CSF with edema or
-   grey matter at a sulcus or the brain surface.
+   it: vessels, the falx and the dura that touch the edema lie in healthy tissue. When there is
+   enhancement, an NCR island that touches neither ET nor an enclosed core (within
+   ``et_touch_mm``) is no tumor: partial volume of CSF with edema or grey matter at a sulcus or
+   the brain surface.
    ``want_probabilities`` returns the NCR/ED/ET posteriors (float32) and the voxel-wise entropy
    of the full (healthy + tumor) posterior.
 
 Regions by modality: FLAIR is required for WT (T2 alone cannot separate edema from CSF); T1c
 adds TC and ET; T1 refines enhancement (``T1c - T1``); every modality present enters the
-mixture. With FLAIR only every
-WT voxel is labelled ED (2) and ``regions == ["WT"]``.
+mixture. With FLAIR only every WT voxel is labelled ED (2) and ``regions == ["WT"]``.
 
 Examples
 --------
