@@ -566,16 +566,6 @@ def _blend_local(tw, local, gates, lw, out):
                 out[i, j] *= r
 
 
-def _smooth_in(a: np.ndarray, brain: np.ndarray, sigma_mm: float, spacing) -> np.ndarray:
-    sig = [sigma_mm / s for s in spacing]
-    bf = brain.astype(np.float32)
-    num = ndi.gaussian_filter(a * bf, sig, mode="constant", truncate=2.5)
-    den = ndi.gaussian_filter(bf, sig, mode="constant", truncate=2.5)
-    out = np.zeros_like(num)
-    np.divide(num, den, out=out, where=den > 1e-3)
-    return out
-
-
 def fit_tumor_mixture(
     features: Mapping[str, np.ndarray],
     brain: np.ndarray,
