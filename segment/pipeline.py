@@ -199,8 +199,12 @@ def fit_tissue_mixture(
         Rows the mixture is fitted on (default all); every row is labelled.
     priors : ndarray of shape (n_voxels, 3), optional
         Warped atlas CSF/GM/WM probabilities of the rows (:mod:`segment.labeling.priors`). With
-        ``mixture.prior_weight > 0`` they name the components, weight the E-step of a class
-        mixture initialised from the plain one, and weight the final class probabilities.
+        ``mixture.prior_weight > 0`` they weight the E-step of a class mixture (CSF, GM, WM and an
+        atypical class with a flat prior for lesions and residual non-brain), started either
+        from the plain mixture's components named by contrast or by the priors, or from the
+        classes estimated robustly where the atlas puts them (the start that explains the
+        voxels best and obeys the scan's contrast order wins), and weight the final class
+        probabilities.
 
     One feature with few distinct values (e.g. 8-bit images) is fitted exactly on its histogram
     of unique values with ``sample_weight``; otherwise on all voxels, or on a seeded random subset
@@ -270,7 +274,8 @@ def fit_tissue_mixture(
     use_priors = priors is not None and mc.prior_weight > 0
     prior_fit = None
     if use_priors:
-        from .labeling.priors import name_by_affinity, name_by_priors, prior_em
+        from .labeling.priors import (ATYPICAL_MIN_SHARE, _weighted_moments, name_by_affinity, name_by_priors,
+                                      prior_em, robust_class_init)
 
         # a seeded subset of the fit rows: the class mixture has a handful of parameters
         idx = np.flatnonzero(fit_rows)
@@ -281,9 +286,23 @@ def fit_tissue_mixture(
         resp = gmm.predict_proba(xs)
         by_priors, affinity = name_by_priors(resp, ps)
         info["prior_affinity"] = np.round(affinity, 3).tolist()
-        def class_fit(cls):
-            m0, c0 = _class_moments(gmm, cls)
-            return prior_em(xs, ps, m0, c0, mc.prior_weight, reg_covar=max(mc.reg_covar, 1e-6))
+        # The class mixture's starting points: the plain mixture's components grouped by each
+        # naming, and the classes estimated where the atlas puts them (robust to a lesion:
+        # robust_class_init). With a lesion, a tumor or residual non-brain, a plain component may
+        # hold one of them, or GM and WM together; then no naming of the components is right, so
+        # every fit carries a fourth, atypical class with a flat prior for the voxels no tissue
+        # class explains (Van Leemput et al. 2001, Prastawa et al. 2004).
+        reg = max(mc.reg_covar, 1e-6)
+        rob_means, rob_covs, atyp = robust_class_init(xs, ps, reg_covar=reg)
+        atyp_share = float(atyp.mean())
+        atypical = None
+        if atyp_share >= ATYPICAL_MIN_SHARE and int(atyp.sum()) > 2 * xs.shape[1] + 2:
+            atypical = _weighted_moments(xs, atyp.astype(np.float64), reg)
+        info["atypical_init_share"] = round(atyp_share, 4)
+
+        def class_fit(cls, atyp_init=atypical):
+            m0, c0 = (rob_means, rob_covs) if cls is None else _class_moments(gmm, cls)
+            return prior_em(xs, ps, m0, c0, mc.prior_weight, atypical=atyp_init, reg_covar=reg)
 
         # the naming the contrasts give and the one the priors give are both fitted with the
         # priors in the E-step; the model that explains the voxels better (intensities and
@@ -291,6 +310,7 @@ def fit_tissue_mixture(
         prior_fit = class_fit(by_contrast)
         classes = by_contrast
         info["naming"] = "contrast and priors agree"
+        msg = None
         cands = [c for c in (by_priors, name_by_affinity(resp, ps)) if not np.array_equal(c, by_contrast)]
         if cands:
             fits = [class_fit(c) for c in cands]
@@ -312,11 +332,43 @@ def fit_tissue_mixture(
                        else "the priors' naming does not explain the voxels better")
                 msg = (f"tissue classes named by the contrast rule ({why}); the atlas priors suggest "
                        f"{[TISSUE_LABELS[int(c)] for c in by_priors]}")
+        if PRIOR_INIT != "mixture":
+            # The classes estimated where the atlas puts them, with an atypical class started
+            # from the voxels outside every class's ellipsoid or from one of the plain mixture's
+            # components (a tumor inside the WM prior widens the robust CSF or WM estimate so far
+            # that few voxels lie outside them all, while the plain mixture gives it a component).
+            # Kept when their means obey the contrast order the scan shows (T1: CSF < GM < WM)
+            # and they explain the voxels better than the named components.
+            full = _full_covariances(gmm)
+            starts = ([atypical] if atypical is not None else []) + [
+                (gmm.means_[k].astype(np.float64), full[k].astype(np.float64) + np.eye(xs.shape[1]) * reg)
+                for k in range(gmm.n_components)]
+            robust = []
+            for start in starts:
+                f = class_fit(None, start)
+                ok = bool(np.array_equal(name_tissue_components(f["means"], modalities), [1, 2, 3]))
+                robust.append((ok, f))
+            ok_fits = [f for ok, f in robust if ok]
+            best = max(ok_fits, key=lambda f: f["log_likelihood"]) if ok_fits else None
+            gain = None if best is None else best["log_likelihood"] - prior_fit["log_likelihood"]
+            info["robust_init"] = {"contrast_order": [ok for ok, _ in robust],
+                                   "log_likelihood_gain": None if gain is None else round(float(gain), 5)}
+            if best is not None and (PRIOR_INIT == "robust" or gain > NAMING_MIN_GAIN):
+                prior_fit, msg = best, None
+                info["naming"] = "robust priors"
+        if msg is not None:
+            log.warning(msg)
+            info.setdefault("flags", []).append(msg)
+        if prior_fit["atypical_share"] > ATYPICAL_FLAG_SHARE:
+            msg = (f"{100 * prior_fit['atypical_share']:.0f}% of the fitted brain fits no tissue class "
+                   f"(> {100 * ATYPICAL_FLAG_SHARE:.0f}%: a lesion the tumor step did not take, or non-brain "
+                   "left in the mask); those voxels are labelled with their nearest tissue class")
             log.warning(msg)
             info.setdefault("flags", []).append(msg)
         info["prior_em"] = {"n_iter": int(prior_fit["n_iter"]), "weight": mc.prior_weight,
                             "alpha": np.round(prior_fit["alpha"], 4).tolist(),
-                            "class_means": np.round(prior_fit["means"], 4).tolist()}
+                            "class_means": np.round(prior_fit["means"], 4).tolist(),
+                            "atypical_share": round(float(prior_fit["atypical_share"]), 4)}
     if uniq is not None:
         predict_x = uniq[:, None].astype(np.float64)
     elif grid is not None:
@@ -328,7 +380,7 @@ def fit_tissue_mixture(
 
         if prior_fit is not None:
             means0, covs0 = prior_fit["means"], prior_fit["covariances"]
-            share0 = prior_fit["resp"].mean(axis=0)
+            share0 = prior_fit["tissue_share"]
         else:
             means0, covs0 = _class_moments(gmm, classes)
             share0 = np.array([gmm.weights_[classes == c].sum() for c in (1, 2, 3)])
@@ -410,6 +462,14 @@ def fit_tissue_mixture(
     )
     return labels, probs.astype(np.float32), info
 
+
+#: Start of the class mixture with priors: "select" (the robust prior-initialised classes when they obey the
+#: contrast order and explain the voxels better), "robust" (always), "mixture" (the plain mixture's components).
+PRIOR_INIT = "select"
+
+#: Share of the fitted voxels in the class mixture's atypical class above which the run is flagged
+#: (healthy skull-stripped scans: under 6 %, the tail of every class beyond its Gaussian).
+ATYPICAL_FLAG_SHARE = 0.08
 
 #: Mean log-likelihood (nats per voxel) by which the priors' naming must beat the contrast rule's.
 NAMING_MIN_GAIN = 1e-3

@@ -14,6 +14,7 @@ from segment.labeling.priors import (
     name_by_priors,
     prior_agreement,
     prior_em,
+    robust_class_init,
     spatial_factor,
     warp_tissue_priors,
 )
@@ -243,3 +244,88 @@ def test_partial_volume_that_lets_a_pure_class_take_another_over_falls_back(monk
     assert any("pure WM took" in f for f in info["flags"])
     plain, _, _ = fit_tissue_mixture(X, mods, config_from_dict({"mixture": {"partial_volume": False}}))
     np.testing.assert_array_equal(labels, plain)
+
+
+def _lesioned(n: int = 20000, seed: int = 11, share: float = 0.12):
+    """Three tissue regions and a lesion inside the white-matter prior: T1 (CSF < GM < WM, GM and
+    WM close) and a T1c-like channel on which the lesion enhances strongly."""
+    true, pri = _three_regions(n, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    lesion = (true == 2) & (rng.uniform(size=n) < share * 3)
+    t1 = np.array([-2.0, 0.0, 0.7])[true] + rng.normal(0, 0.25, n)
+    t1c = np.array([-1.8, 0.1, 0.8])[true] + rng.normal(0, 0.25, n)
+    t1[lesion] = rng.normal(-0.6, 0.4, lesion.sum())
+    t1c[lesion] = rng.normal(3.5, 0.6, lesion.sum())
+    return true, pri, lesion, np.stack([t1, t1c], axis=1)
+
+
+def test_robust_class_init_is_not_pulled_by_a_lesion_in_the_white_matter_prior():
+    true, pri, lesion, x = _lesioned()
+    means, covs, atypical = robust_class_init(x, pri)
+    healthy = ~lesion
+    for c in range(3):
+        truth = x[healthy & (true == c)].mean(axis=0)
+        assert np.allclose(means[c], truth, atol=0.1), (c, means[c], truth)
+        # the trimmed covariance is rescaled to the class's own spread
+        sd = x[healthy & (true == c)].std(axis=0)
+        assert np.allclose(np.sqrt(np.diag(covs[c])), sd, rtol=0.25), (c, np.sqrt(np.diag(covs[c])), sd)
+    # outside every 95 % ellipsoid: the lesion, and a few per cent of the healthy voxels
+    assert atypical[lesion].mean() > 0.9 and atypical[healthy].mean() < 0.06
+    # the prior-weighted moments alone (no trimming) are pulled by the lesion
+    plain, _, _ = robust_class_init(x, pri, rounds=0)
+    assert plain[2, 1] > means[2, 1] + 0.3
+
+
+def test_prior_em_with_an_atypical_class_keeps_the_lesion_out_of_the_tissue_classes():
+    true, pri, lesion, x = _lesioned()
+    means, covs, atypical = robust_class_init(x, pri)
+    m_a = x[atypical].mean(axis=0)
+    c_a = np.cov(x[atypical].T)
+    fit = prior_em(x, pri, means, covs, 0.3, atypical=(m_a, c_a))
+    without = prior_em(x, pri, means, covs, 0.3)
+    assert fit["resp"].shape == (x.shape[0], 4) and np.allclose(fit["resp"].sum(axis=1), 1.0)
+    assert fit["means"].shape == (3, 2) and np.isclose(fit["alpha"].sum(), 1.0)
+    assert np.mean(np.argmax(fit["resp"], axis=1)[lesion] == 3) > 0.9
+    assert abs(fit["atypical_share"] - lesion.mean()) < 0.02
+    wm = x[~lesion & (true == 2)].mean(axis=0)
+    assert np.allclose(fit["means"][2], wm, atol=0.05)
+    assert np.abs(without["means"][2] - wm).max() > 0.3  # three classes alone: WM takes the lesion
+    assert np.allclose(fit["tissue_share"].sum(), 1.0)
+    assert without["atypical_share"] == 0.0 and without["atypical_mean"] is None
+
+
+@pytest.mark.parametrize("prior_init", ["mixture", "select"])
+def test_pipeline_keeps_grey_and_white_matter_apart_beside_an_enhancing_lesion(monkeypatch, prior_init):
+    """Bug (BraTS T1 + T1c, GM Dice 0.02): the plain three-component mixture spent a component on
+    the enhancing tumor and put GM and WM in one; no naming of its components is right. The classes
+    estimated where the atlas puts them, with an atypical class for the lesion, are."""
+    import segment.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "PRIOR_INIT", prior_init)
+    true, pri, lesion, x = _lesioned()
+    cfg = config_from_dict({"mixture": {"partial_volume": False}})
+    labels, _, info = fit_tissue_mixture(x, ["t1", "t1c"], cfg, priors=pri.astype(np.float32))
+    acc = float(np.mean(labels[~lesion] == true[~lesion] + 1))
+    if prior_init == "mixture":  # the bug, as it was
+        assert acc < 0.8
+    else:
+        assert acc > 0.9, info
+        assert info["naming"] == "robust priors"
+        assert abs(info["prior_em"]["atypical_share"] - lesion.mean()) < 0.03
+
+
+def test_pipeline_tissue_is_the_same_from_every_subset_of_modalities():
+    """T1, T2 and FLAIR of one phantom (FLAIR: GM brighter than WM, CSF dark): every non-empty
+    subset labels the same anatomy."""
+    import itertools
+
+    true, pri = _three_regions(20000, seed=13)
+    rng = np.random.default_rng(14)
+    chans = {"t1": [-2.0, 0.0, 1.0], "t2": [2.0, 0.4, -0.6], "flair": [-1.5, 0.6, 0.0]}
+    x = {m: np.array(mu)[true] + rng.normal(0, 0.3, true.size) for m, mu in chans.items()}
+    cfg = config_from_dict({"mixture": {"partial_volume": False}})
+    for r in (1, 2, 3):
+        for sub in itertools.combinations(chans, r):
+            feats = np.stack([x[m] for m in sub], axis=1)
+            labels, _, info = fit_tissue_mixture(feats, list(sub), cfg, priors=pri.astype(np.float32))
+            assert np.mean(labels == true + 1) > 0.85, (sub, info.get("naming"))

@@ -30,6 +30,7 @@ __all__ = [
     "warp_tissue_priors",
     "name_by_priors",
     "prior_em",
+    "robust_class_init",
     "apply_priors",
     "prior_agreement",
     "spatial_factor",
@@ -146,6 +147,89 @@ def _logpdf(x: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:
     return -0.5 * (np.sum(z * z, axis=0) + d * np.log(2 * np.pi)) - np.sum(np.log(np.diag(chol)))
 
 
+#: share of the voxels, inside every class's robust ellipsoid, that robust_class_init keeps per class
+ROBUST_COVERAGE = 0.95
+
+#: an atypical class is modelled when at least this share of the voxels fits no tissue class
+ATYPICAL_MIN_SHARE = 0.01
+
+
+def _mahalanobis2(x: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    z = np.linalg.solve(np.linalg.cholesky(cov), (x - mean).T)
+    return np.sum(z * z, axis=0)
+
+
+def _weighted_moments(x: np.ndarray, w: np.ndarray, reg_covar: float) -> tuple[np.ndarray, np.ndarray]:
+    sw = max(float(w.sum()), 1e-12)
+    m = (w[:, None] * x).sum(axis=0) / sw
+    diff = x - m
+    return m, (w[:, None] * diff).T @ diff / sw + np.eye(x.shape[1]) * reg_covar
+
+
+def _weighted_quantile(v: np.ndarray, w: np.ndarray, q: float) -> float:
+    order = np.argsort(v)
+    cw = np.cumsum(w[order])
+    return float(v[order][min(int(np.searchsorted(cw, q * cw[-1])), v.size - 1)])
+
+
+def robust_class_init(
+    x: np.ndarray,
+    priors: np.ndarray,
+    *,
+    power: float = 4.0,
+    coverage: float = ROBUST_COVERAGE,
+    rounds: int = 5,
+    reg_covar: float = 1e-6,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Class Gaussians from where the atlas puts each class, robust to a lesion.
+
+    As SPM initialises its tissue classes from the priors (no component to name: a class is GM
+    because it is estimated where GM lives), class ``c`` starts from the moments of the voxels
+    weighted by ``prior_c ** power`` (the confident voxels: deep WM, ventricles, cortex). A tumor
+    or lesion inside the WM prior would pull that estimate, so it starts from the weighted median
+    and MAD of every modality, and the moments are then re-estimated a few ``rounds`` on the
+    voxels inside the class's ``coverage`` ellipsoid only (a reweighted
+    minimum-covariance estimate, with the consistency factor that undoes the trimming), as in Van
+    Leemput et al.'s (2001) outlier detection.
+
+    Returns
+    -------
+    means : ndarray of shape (3, d)
+    covariances : ndarray of shape (3, d, d)
+    atypical : ndarray of shape (n,), bool
+        Voxels outside every class's ellipsoid: intensities no tissue class explains.
+    """
+    from scipy.stats import chi2
+
+    x = np.asarray(x, np.float64)
+    pw = np.maximum(np.asarray(priors, np.float64), 0.0) ** power
+    d = x.shape[1]
+    thr = float(chi2.ppf(coverage, d))
+    factor = coverage / float(chi2.cdf(thr, d + 2))  # E[trimmed covariance] = cov / factor
+    # start from the weighted median and MAD (robust to a lesion of up to half a class's
+    # weight), then the trimmed moments restore the correlations between modalities
+    means = np.empty((3, d))
+    covs = np.empty((3, d, d))
+    for c in range(3):
+        if rounds > 0:
+            med = np.array([_weighted_quantile(x[:, j], pw[:, c], 0.5) for j in range(d)])
+            mad = np.array([_weighted_quantile(np.abs(x[:, j] - med[j]), pw[:, c], 0.5) for j in range(d)])
+            means[c], covs[c] = med, np.diag((1.4826 * mad) ** 2 + reg_covar)
+        else:
+            means[c], covs[c] = _weighted_moments(x, pw[:, c], reg_covar)
+    inside = np.ones((x.shape[0], 3), bool)
+    for _ in range(rounds):
+        inside = np.stack([_mahalanobis2(x, means[c], covs[c]) < thr for c in range(3)], axis=1)
+        for c in range(3):
+            w = pw[:, c] * inside[:, c]
+            if w.sum() <= 0:
+                continue
+            means[c], covs[c] = _weighted_moments(x, w, reg_covar)
+            covs[c] = (covs[c] - np.eye(d) * reg_covar) * factor + np.eye(d) * reg_covar
+    inside = np.stack([_mahalanobis2(x, means[c], covs[c]) < thr for c in range(3)], axis=1)
+    return means, covs, ~inside.any(axis=1)
+
+
 def prior_em(
     x: np.ndarray,
     priors: np.ndarray,
@@ -153,6 +237,7 @@ def prior_em(
     covariances: np.ndarray,
     weight: float,
     *,
+    atypical: tuple[np.ndarray, np.ndarray] | None = None,
     sample_weight: np.ndarray | None = None,
     max_iter: int = 100,
     tol: float = 1e-5,
@@ -167,27 +252,40 @@ def prior_em(
     means, covariances : initial class parameters, shapes (3, d) and (3, d, d)
     weight : float in [0, 1]
         ``mixture.prior_weight``.
+    atypical : (mean, covariance), optional
+        Initial Gaussian of a fourth, **atypical** class with a flat spatial prior (a tumor or
+        lesion the tissue classes should not absorb: Prastawa et al. 2004, Van Leemput et al.
+        2001). Its voxels do not pull the tissue classes' parameters; the tissue posteriors
+        (:func:`class_posteriors`) still label them with the best tissue class.
     sample_weight : ndarray of shape (n,), optional
 
     Returns
     -------
-    dict with ``means`` (3, d), ``covariances`` (3, d, d), ``alpha`` (3,), ``resp`` (n, 3),
-    ``n_iter`` and ``log_likelihood`` (mean per sample).
+    dict with ``means`` (3, d), ``covariances`` (3, d, d), ``alpha`` (3 or 4,), ``resp``
+    (n, 3 or 4), ``tissue_share`` (3,: the tissue classes' shares of the typical voxels),
+    ``atypical_share`` (mean posterior of the atypical class, 0 without it), ``atypical_mean``
+    and ``atypical_covariance`` (or None), ``n_iter`` and ``log_likelihood`` (mean per sample).
     """
     x = np.asarray(x, np.float64)
     n, d = x.shape
     sw = np.ones(n) if sample_weight is None else np.asarray(sample_weight, np.float64)
     q = spatial_factor(priors, weight).astype(np.float64)
+    k = 3
     means = np.array(means, np.float64)
     covs = np.array(covariances, np.float64)
-    alpha = np.full(3, 1.0 / 3.0)
+    if atypical is not None:
+        k = 4
+        q = np.concatenate([q, np.ones((n, 1))], axis=1)
+        means = np.concatenate([means, np.asarray(atypical[0], np.float64).reshape(1, d)])
+        covs = np.concatenate([covs, np.asarray(atypical[1], np.float64).reshape(1, d, d)])
+    alpha = np.full(k, 1.0 / k)
     eye = np.eye(d) * reg_covar
     prev = -np.inf
-    resp = np.full((n, 3), 1.0 / 3.0)
+    resp = np.full((n, k), 1.0 / k)
     it = 0
     ll = prev
     for it in range(1, max_iter + 1):
-        logl = np.stack([_logpdf(x, means[c], covs[c]) for c in range(3)], axis=1)
+        logl = np.stack([_logpdf(x, means[c], covs[c]) for c in range(k)], axis=1)
         logp = logl + np.log(alpha)[None, :] + np.log(q)
         mx = logp.max(axis=1, keepdims=True)
         e = np.exp(logp - mx)
@@ -199,7 +297,7 @@ def prior_em(
         rw = resp * sw[:, None]
         nk = rw.sum(axis=0) + 1e-12
         means = (rw.T @ x) / nk[:, None]
-        for c in range(3):
+        for c in range(k):
             diff = x - means[c]
             covs[c] = (rw[:, c, None] * diff).T @ diff / nk[c] + eye
         # SPM's update of the mixing proportions under spatial priors
@@ -209,8 +307,12 @@ def prior_em(
         if abs(ll - prev) < tol:
             break
         prev = ll
-    return {"means": means, "covariances": covs, "alpha": alpha, "resp": resp, "n_iter": it,
-            "log_likelihood": ll}
+    tissue = (resp[:, :3] * sw[:, None]).sum(axis=0)
+    return {"means": means[:3], "covariances": covs[:3], "alpha": alpha, "resp": resp, "n_iter": it,
+            "log_likelihood": ll, "tissue_share": tissue / max(float(tissue.sum()), 1e-12),
+            "atypical_share": float((resp[:, 3] * sw).sum() / sw.sum()) if k == 4 else 0.0,
+            "atypical_mean": means[3] if k == 4 else None,
+            "atypical_covariance": covs[3] if k == 4 else None}
 
 
 def class_posteriors(x: np.ndarray, priors: np.ndarray, fit: dict[str, np.ndarray], weight: float,
@@ -218,7 +320,7 @@ def class_posteriors(x: np.ndarray, priors: np.ndarray, fit: dict[str, np.ndarra
     """Posteriors (n, 3) of the classes of :func:`prior_em`'s result at voxels ``x``."""
     x = np.asarray(x, np.float64)
     out = np.empty((x.shape[0], 3), np.float32)
-    la = np.log(fit["alpha"])[None, :]
+    la = np.log(np.asarray(fit["alpha"])[:3])[None, :]
     for s in range(0, x.shape[0], chunk):
         xs = x[s:s + chunk]
         logp = np.stack([_logpdf(xs, fit["means"][c], fit["covariances"][c]) for c in range(3)], axis=1)
