@@ -300,9 +300,10 @@ def fit_tissue_mixture(
             atypical = _weighted_moments(xs, atyp.astype(np.float64), reg)
         info["atypical_init_share"] = round(atyp_share, 4)
 
-        def class_fit(cls, atyp_init=atypical):
+        def class_fit(cls, atyp_init=atypical, max_iter=100):
             m0, c0 = (rob_means, rob_covs) if cls is None else _class_moments(gmm, cls)
-            return prior_em(xs, ps, m0, c0, mc.prior_weight, atypical=atyp_init, reg_covar=reg)
+            return prior_em(xs, ps, m0, c0, mc.prior_weight, atypical=atyp_init, reg_covar=reg,
+                            max_iter=max_iter)
 
         # the naming the contrasts give and the one the priors give are both fitted with the
         # priors in the E-step; the model that explains the voxels better (intensities and
@@ -343,15 +344,20 @@ def fit_tissue_mixture(
             starts = ([atypical] if atypical is not None else []) + [
                 (gmm.means_[k].astype(np.float64), full[k].astype(np.float64) + np.eye(xs.shape[1]) * reg)
                 for k in range(gmm.n_components)]
+            # every start is screened with a few iterations; the best one runs to convergence
             robust = []
             for start in starts:
-                f = class_fit(None, start)
+                f = class_fit(None, start, max_iter=ROBUST_SCREEN_ITER)
                 ok = bool(np.array_equal(name_tissue_components(f["means"], modalities), [1, 2, 3]))
-                robust.append((ok, f))
-            ok_fits = [f for ok, f in robust if ok]
-            best = max(ok_fits, key=lambda f: f["log_likelihood"]) if ok_fits else None
+                robust.append((ok, f, start))
+            ok_fits = [(f, start) for ok, f, start in robust if ok]
+            best = None
+            if ok_fits:
+                best = class_fit(None, max(ok_fits, key=lambda fs: fs[0]["log_likelihood"])[1])
+                if not np.array_equal(name_tissue_components(best["means"], modalities), [1, 2, 3]):
+                    best = None
             gain = None if best is None else best["log_likelihood"] - prior_fit["log_likelihood"]
-            info["robust_init"] = {"contrast_order": [ok for ok, _ in robust],
+            info["robust_init"] = {"contrast_order": [ok for ok, _, _ in robust],
                                    "log_likelihood_gain": None if gain is None else round(float(gain), 5)}
             if best is not None and (PRIOR_INIT == "robust" or gain > NAMING_MIN_GAIN):
                 prior_fit, msg = best, None
@@ -360,9 +366,10 @@ def fit_tissue_mixture(
             log.warning(msg)
             info.setdefault("flags", []).append(msg)
         if prior_fit["atypical_share"] > ATYPICAL_FLAG_SHARE:
-            msg = (f"{100 * prior_fit['atypical_share']:.0f}% of the fitted brain fits no tissue class "
-                   f"(> {100 * ATYPICAL_FLAG_SHARE:.0f}%: a lesion the tumor step did not take, or non-brain "
-                   "left in the mask); those voxels are labelled with their nearest tissue class")
+            msg = (f"{100 * prior_fit['atypical_share']:.1f}% of the fitted brain fits no tissue class "
+                   f"(> {100 * ATYPICAL_FLAG_SHARE:.0f}%: a lesion the tumor step did not take, non-brain left "
+                   "in the mask, or atlas priors that do not fit the anatomy); those voxels are labelled with "
+                   "their nearest tissue class")
             log.warning(msg)
             info.setdefault("flags", []).append(msg)
         info["prior_em"] = {"n_iter": int(prior_fit["n_iter"]), "weight": mc.prior_weight,
@@ -470,6 +477,9 @@ PRIOR_INIT = "select"
 #: Share of the fitted voxels in the class mixture's atypical class above which the run is flagged
 #: (healthy skull-stripped scans: under 6 %, the tail of every class beyond its Gaussian).
 ATYPICAL_FLAG_SHARE = 0.08
+
+#: EM iterations each start of the robust class mixture is screened with (the best runs to convergence).
+ROBUST_SCREEN_ITER = 20
 
 #: Mean log-likelihood (nats per voxel) by which the priors' naming must beat the contrast rule's.
 NAMING_MIN_GAIN = 1e-3

@@ -143,8 +143,8 @@ def name_by_affinity(resp: np.ndarray, priors: np.ndarray) -> np.ndarray:
 def _logpdf(x: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:
     d = x.shape[1]
     chol = np.linalg.cholesky(cov)
-    z = np.linalg.solve(chol, (x - mean).T)
-    return -0.5 * (np.sum(z * z, axis=0) + d * np.log(2 * np.pi)) - np.sum(np.log(np.diag(chol)))
+    z = (x - mean) @ np.linalg.inv(chol).T  # whitened rows: one small inverse, one product
+    return -0.5 * (np.einsum("ij,ij->i", z, z) + d * np.log(2 * np.pi)) - np.sum(np.log(np.diag(chol)))
 
 
 #: share of the voxels, inside every class's robust ellipsoid, that robust_class_init keeps per class
@@ -155,8 +155,8 @@ ATYPICAL_MIN_SHARE = 0.01
 
 
 def _mahalanobis2(x: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:
-    z = np.linalg.solve(np.linalg.cholesky(cov), (x - mean).T)
-    return np.sum(z * z, axis=0)
+    z = (x - mean) @ np.linalg.inv(np.linalg.cholesky(cov)).T
+    return np.einsum("ij,ij->i", z, z)
 
 
 def _weighted_moments(x: np.ndarray, w: np.ndarray, reg_covar: float) -> tuple[np.ndarray, np.ndarray]:
