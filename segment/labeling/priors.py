@@ -184,13 +184,13 @@ def robust_class_init(
     """Class Gaussians from where the atlas puts each class, robust to a lesion.
 
     As SPM initialises its tissue classes from the priors (no component to name: a class is GM
-    because it is estimated where GM lives), class ``c`` starts from the moments of the voxels
-    weighted by ``prior_c ** power`` (the confident voxels: deep WM, ventricles, cortex). A tumor
-    or lesion inside the WM prior would pull that estimate, so it starts from the weighted median
-    and MAD of every modality, and the moments are then re-estimated a few ``rounds`` on the
-    voxels inside the class's ``coverage`` ellipsoid only (a reweighted
+    because it is estimated where GM lives), class ``c`` is estimated from the voxels weighted by
+    ``prior_c ** power`` (the confident voxels: deep WM, ventricles, cortex). A tumor or lesion
+    inside the WM prior would pull plain weighted moments, so the estimate starts from the
+    weighted median and MAD of every modality, and the weighted moments are then re-estimated for
+    ``rounds`` rounds on the voxels inside the class's ``coverage`` ellipsoid only (a reweighted
     minimum-covariance estimate, with the consistency factor that undoes the trimming), as in Van
-    Leemput et al.'s (2001) outlier detection.
+    Leemput et al.'s (2001) outlier detection. ``rounds=0`` gives the plain weighted moments.
 
     Returns
     -------
