@@ -229,14 +229,6 @@ class TumorConfig(_Strict):
     et_touch_mm: float = Field(
         2.0, ge=0, le=20, description="an enhancing island is tumor only if this close (mm) to the edema/core body"
     )
-    et_grow_mm: float = Field(
-        40.0, ge=0, le=100, description="the enhancing class exists at most this far (mm) from a seed lesion "
-        "(at most grow_mm)"
-    )
-    healthy_enhancing: bool = Field(
-        True, description="with T1c: a healthy class for the enhancing structures of the healthy brain (vessels, "
-        "choroid plexus, dura), fitted away from the tumor, so the enhancing tumor class is not drawn to them"
-    )
     et_body_fraction: float = Field(
         0.33, ge=0, le=1, description="an enhancing island is tumor only if this share of the brain around it is tumor body"
     )

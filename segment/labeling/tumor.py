@@ -68,12 +68,9 @@ from numba import njit, prange
 from scipy import ndimage as ndi
 
 from ..config import TumorConfig
-from ..morphology import bounding_box_of, dilate_mm, erode_mm, remove_small, squared_distance_to
+from ..morphology import bounding_box_of, dilate_mm, erode_mm, remove_small
 from ..types import MODALITIES
-from .tumor_model import (
-    HEALTHY, MIX, VESSEL, enclosed_blobs, enclosed_core, fit_healthy, fit_healthy_enhancing, fit_tumor_mixture,
-    surrounded,
-)
+from .tumor_model import HEALTHY, MIX, enclosed_blobs, enclosed_core, fit_healthy, fit_tumor_mixture, surrounded
 
 __all__ = ["TumorResult", "tumor_regions_possible", "should_run_tumor", "segment_tumor", "TUMOR_LABELS"]
 
@@ -82,8 +79,6 @@ NCR, ED, ET = 1, 2, 3
 TUMOR_LABELS: dict[int, str] = {NCR: "NCR", ED: "ED", ET: "ET"}
 _REGIONS = ("WT", "TC", "ET")
 _FULL = ndi.generate_binary_structure(3, 3)
-#: Least share of the brain the healthy classes are fitted on (the part farthest from the lesions).
-HEALTHY_FIT_SHARE = 0.2
 
 
 @dataclass
@@ -421,38 +416,20 @@ def segment_tumor(
 
     # ---- 2. the joint healthy + tumor mixture -----------------------------------------
     seeds = np.isin(lab, lesions)
-    dist = np.sqrt(squared_distance_to(seeds, spacing))  # mm from the nearest seed lesion
-    reach = (dist <= cfg.grow_mm) & m
-    # the healthy classes are fitted on the brain beyond the reach; when the reach covers most of
-    # the brain, on the farthest fifth of it (still away from the tumor, never on the tumor itself)
-    d_fit = min(cfg.grow_mm, float(np.quantile(dist[m], 1.0 - HEALTHY_FIT_SHARE)))
-    outside = m & (dist > d_fit)
-    if d_fit < cfg.grow_mm:
-        info["flags"].append(
-            f"tumor reach covers most of the brain: healthy model fitted on the brain farther than {d_fit:.0f} mm "
-            f"from the lesions (not {cfg.grow_mm:g} mm)"
-        )
-    if not outside.any():
+    reach = dilate_mm(seeds, cfg.grow_mm, spacing) & m
+    outside = m & ~reach
+    if np.count_nonzero(outside) < 0.2 * np.count_nonzero(m):
+        info["flags"].append("tumor reach covers most of the brain: healthy model fitted on the whole brain")
         outside = m
     hmods = list(f)
     Xh = np.stack([f[k][outside] for k in hmods], axis=1)
     healthy = fit_healthy(Xh, hmods, seed=seed)
     healthy["modalities"] = hmods
     info["healthy_means"] = {c: [round(float(x), 3) for x in healthy["means"][j]] for j, c in enumerate(HEALTHY)}
-    if cfg.healthy_enhancing:
-        ves = fit_healthy_enhancing(Xh, healthy, hmods, min_count=max(50, int(round(cfg.min_et_mm3 / vv))))
-        if ves is not None:
-            healthy["enhancing"] = ves
-            info["healthy_means"][VESSEL] = [round(float(x), 3) for x in ves["mean"]]
-            info["healthy_enhancing_share"] = round(ves["weight"], 5)
-    init, tcls, gate = _signature_init(f, m, reach, seeds, healthy, hmods, cfg, spacing, dist <= min(cfg.et_grow_mm, cfg.grow_mm))
+    init, tcls, gate = _signature_init(f, m, reach, seeds, healthy, hmods, cfg, spacing)
     hp = None
     if healthy_prior is not None:
         hp = np.asarray(healthy_prior, dtype=np.float32)[box]
-    if "ET" in gate and cfg.et_grow_mm < cfg.grow_mm:
-        # enhancement is tumor only near the lesions: the wider reach of edema and core takes in
-        # vessels, the choroid plexus and the dura, which would capture the one enhancing class
-        gate["ET"] = gate["ET"] * (dist <= cfg.et_grow_mm)
     mix = fit_tumor_mixture(
         f, m, reach, spacing, healthy=healthy, healthy_prior=hp, tumor_classes=tcls, init=init, gate=gate,
         alpha0=cfg.alpha0, beta=cfg.mrf_beta, iterations=cfg.em_iterations, close_mm=cfg.core_close_mm,
@@ -481,7 +458,7 @@ def segment_tumor(
     # a FLAIR-dark / T1c-dark core enclosed by the tumor is necrosis, not CSF
     encl = enclosed_blobs(remove_small(tum, cfg.min_et_mm3, vv), inb, spacing, cfg.core_close_mm, cfg.core_cap_mm, 3.0,
                           csf=(arg == 0) & inb)
-    core |= encl & (arg < mix.n_healthy)
+    core |= encl & (arg < len(HEALTHY))
     tum |= core
     # whole tumor: the tumor voxels connected to a detected lesion
     sb = seeds[mb]
@@ -573,7 +550,7 @@ def _min_mahalanobis(X, means, precs, out):
         out[i] = best
 
 
-def _signature_init(f, m, reach, seeds, healthy, mods, cfg, spacing, et_reach):
+def _signature_init(f, m, reach, seeds, healthy, mods, cfg, spacing):
     """Voxels whose signature starts each tumor class, and the classes the modalities support."""
     H = healthy["means"]
     sd = np.sqrt(np.stack([np.diag(c) for c in healthy["covs"]]))
@@ -606,7 +583,7 @@ def _signature_init(f, m, reach, seeds, healthy, mods, cfg, spacing, et_reach):
             notcsf = f["flair"] > H[CSF_, j["flair"]] + 3.0 * sd[CSF_, j["flair"]]
         else:
             notcsf = f["t1c"] > H[CSF_, j["t1c"]] + 3.0 * sd[CSF_, j["t1c"]]
-        init["ET"] = enh & out & et_reach
+        init["ET"] = enh & out
         # the core: T1c-dark outliers that are not CSF, or whatever the enhancing voxels enclose
         # and is darker on T1c than grey matter (a fluid cyst is CSF-like, so it is no outlier of the healthy classes)
         enclosed = enclosed_core(remove_small(init["ET"], cfg.min_et_mm3, float(np.prod(spacing))), m, spacing,
