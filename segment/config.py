@@ -195,7 +195,7 @@ class TumorConfig(_Strict):
         0.45, gt=0, lt=1, description="WT boundary at this fraction of the way from healthy to lesion FLAIR level"
     )
     wt_floor_z: float = Field(1.5, ge=0, le=10, description="WT boundary never below this FLAIR robust z")
-    grow_mm: float = Field(40.0, ge=0, le=100, description="tumor classes exist at most this far (mm) from a seed lesion")
+    grow_mm: float = Field(60.0, ge=0, le=100, description="tumor classes exist at most this far (mm) from a seed lesion")
     csf_flair_z: float = Field(
         -1.0, ge=-10, le=5, description="filled holes darker than this on FLAIR are CSF, never tumor"
     )
@@ -228,6 +228,18 @@ class TumorConfig(_Strict):
     )
     et_touch_mm: float = Field(
         2.0, ge=0, le=20, description="an enhancing island is tumor only if this close (mm) to the edema/core body"
+    )
+    healthy_margin_mm: float = Field(
+        40.0, ge=0, le=100, description="the healthy classes are fitted on the brain farther than this (mm) from the "
+        "seed lesions (at most grow_mm; the whole brain when that is under a fifth of it)"
+    )
+    et_grow_mm: float = Field(
+        50.0, ge=0, le=100, description="the enhancing class exists at most this far (mm) from a seed lesion "
+        "(at most grow_mm)"
+    )
+    healthy_enhancing: bool = Field(
+        True, description="with T1c: a healthy class for the enhancing structures of the healthy brain (vessels, "
+        "choroid plexus, dura), fitted away from the tumor, so the enhancing tumor class is not drawn to them"
     )
     et_body_fraction: float = Field(
         0.33, ge=0, le=1, description="an enhancing island is tumor only if this share of the brain around it is tumor body"

@@ -16,13 +16,18 @@ Steps (all sizes in millimetres, so they hold at any voxel size):
    (``max_surface_fraction``) and, with T2, is T2-bright. No lesion: empty labels. This is why a
    healthy brain comes back empty.
 2. **Joint mixture** (:mod:`segment.labeling.tumor_model`). Healthy CSF/GM/WM Gaussians over all
-   modalities present are fitted (trimmed EM) on the brain farther than ``grow_mm`` from every
-   lesion; optional per-voxel healthy priors (``healthy_prior``, e.g. warped atlas maps) weight
-   them, flat otherwise. Tumor classes ED / ET / NCR are started from the voxels whose signature
+   modalities present are fitted (trimmed EM) on the brain farther than ``healthy_margin_mm`` from
+   every lesion (the whole brain when that leaves less than a fifth of it); with T1c a fourth
+   healthy class, ``VES``, explains the healthy brain's own enhancing structures (vessels, choroid
+   plexus, dura: enhancing outliers of CSF/GM/WM there, ``healthy_enhancing``), so they are not
+   left for the enhancing tumor class; optional per-voxel healthy priors (``healthy_prior``, e.g.
+   warped atlas maps) weight them, flat otherwise. Tumor classes ED / ET / NCR are started from the voxels whose signature
    fits them (outliers of every healthy class that are FLAIR-bright / enhancing / T1c-dark and not
    CSF-like; NCR also from whatever the enhancing outliers enclose, since a fluid cyst is
    CSF-like and so no outlier) and fitted by EM jointly with the fixed healthy classes within
-   ``grow_mm`` of the lesions, with a latent spatial tumor prior (start ``alpha0``, re-estimated
+   ``grow_mm`` of the lesions (the enhancing class within ``et_grow_mm``: a small seed of a large
+   tumor needs a wide reach for its edema and core, and the wider it is the more vessels it takes
+   in), with a latent spatial tumor prior (start ``alpha0``, re-estimated
    as the smoothed tumor posterior), local proportions of the tumor classes (``local_mm``,
    ``local_weight``), a partial-volume class for the voxels between healthy CSF and edema
    (``csf_edema_mix``; its voxels are not tumor), soft signature gates on each tumor class's prior
@@ -68,9 +73,12 @@ from numba import njit, prange
 from scipy import ndimage as ndi
 
 from ..config import TumorConfig
-from ..morphology import bounding_box_of, dilate_mm, erode_mm, remove_small
+from ..morphology import bounding_box_of, dilate_mm, erode_mm, remove_small, squared_distance_to
 from ..types import MODALITIES
-from .tumor_model import HEALTHY, MIX, enclosed_blobs, enclosed_core, fit_healthy, fit_tumor_mixture, surrounded
+from .tumor_model import (
+    HEALTHY, MIX, VESSEL, enclosed_blobs, enclosed_core, fit_healthy, fit_healthy_enhancing, fit_tumor_mixture,
+    surrounded,
+)
 
 __all__ = ["TumorResult", "tumor_regions_possible", "should_run_tumor", "segment_tumor", "TUMOR_LABELS"]
 
@@ -79,6 +87,8 @@ NCR, ED, ET = 1, 2, 3
 TUMOR_LABELS: dict[int, str] = {NCR: "NCR", ED: "ED", ET: "ET"}
 _REGIONS = ("WT", "TC", "ET")
 _FULL = ndi.generate_binary_structure(3, 3)
+#: Least share of the brain beyond healthy_margin_mm the healthy classes are fitted on (else the whole brain).
+HEALTHY_FIT_SHARE = 0.2
 
 
 @dataclass
@@ -416,9 +426,13 @@ def segment_tumor(
 
     # ---- 2. the joint healthy + tumor mixture -----------------------------------------
     seeds = np.isin(lab, lesions)
-    reach = dilate_mm(seeds, cfg.grow_mm, spacing) & m
-    outside = m & ~reach
-    if np.count_nonzero(outside) < 0.2 * np.count_nonzero(m):
+    dist = np.sqrt(squared_distance_to(seeds, spacing))  # mm from the nearest seed lesion
+    reach = (dist <= cfg.grow_mm) & m
+    # the healthy classes are fitted on the brain farther than healthy_margin_mm from the lesions
+    # (trimmed EM); when that leaves too little of it, on the whole brain (the far shell alone is
+    # mostly cortex and biases them more than the tumor does)
+    outside = m & (dist > min(cfg.healthy_margin_mm, cfg.grow_mm))
+    if np.count_nonzero(outside) < HEALTHY_FIT_SHARE * np.count_nonzero(m):
         info["flags"].append("tumor reach covers most of the brain: healthy model fitted on the whole brain")
         outside = m
     hmods = list(f)
@@ -426,10 +440,20 @@ def segment_tumor(
     healthy = fit_healthy(Xh, hmods, seed=seed)
     healthy["modalities"] = hmods
     info["healthy_means"] = {c: [round(float(x), 3) for x in healthy["means"][j]] for j, c in enumerate(HEALTHY)}
-    init, tcls, gate = _signature_init(f, m, reach, seeds, healthy, hmods, cfg, spacing)
+    if cfg.healthy_enhancing:
+        ves = fit_healthy_enhancing(Xh, healthy, hmods, min_count=max(50, int(round(cfg.min_et_mm3 / vv))))
+        if ves is not None:
+            healthy["enhancing"] = ves
+            info["healthy_means"][VESSEL] = [round(float(x), 3) for x in ves["mean"]]
+            info["healthy_enhancing_share"] = round(ves["weight"], 5)
+    init, tcls, gate = _signature_init(f, m, reach, seeds, healthy, hmods, cfg, spacing, dist <= min(cfg.et_grow_mm, cfg.grow_mm))
     hp = None
     if healthy_prior is not None:
         hp = np.asarray(healthy_prior, dtype=np.float32)[box]
+    if "ET" in gate and cfg.et_grow_mm < cfg.grow_mm:
+        # enhancement is tumor only near the lesions: the wider reach of edema and core takes in
+        # vessels, the choroid plexus and the dura, which would capture the one enhancing class
+        gate["ET"] = gate["ET"] * (dist <= cfg.et_grow_mm)
     mix = fit_tumor_mixture(
         f, m, reach, spacing, healthy=healthy, healthy_prior=hp, tumor_classes=tcls, init=init, gate=gate,
         alpha0=cfg.alpha0, beta=cfg.mrf_beta, iterations=cfg.em_iterations, close_mm=cfg.core_close_mm,
@@ -458,7 +482,7 @@ def segment_tumor(
     # a FLAIR-dark / T1c-dark core enclosed by the tumor is necrosis, not CSF
     encl = enclosed_blobs(remove_small(tum, cfg.min_et_mm3, vv), inb, spacing, cfg.core_close_mm, cfg.core_cap_mm, 3.0,
                           csf=(arg == 0) & inb)
-    core |= encl & (arg < len(HEALTHY))
+    core |= encl & (arg < mix.n_healthy)
     tum |= core
     # whole tumor: the tumor voxels connected to a detected lesion
     sb = seeds[mb]
@@ -550,7 +574,7 @@ def _min_mahalanobis(X, means, precs, out):
         out[i] = best
 
 
-def _signature_init(f, m, reach, seeds, healthy, mods, cfg, spacing):
+def _signature_init(f, m, reach, seeds, healthy, mods, cfg, spacing, et_reach):
     """Voxels whose signature starts each tumor class, and the classes the modalities support."""
     H = healthy["means"]
     sd = np.sqrt(np.stack([np.diag(c) for c in healthy["covs"]]))
@@ -583,7 +607,7 @@ def _signature_init(f, m, reach, seeds, healthy, mods, cfg, spacing):
             notcsf = f["flair"] > H[CSF_, j["flair"]] + 3.0 * sd[CSF_, j["flair"]]
         else:
             notcsf = f["t1c"] > H[CSF_, j["t1c"]] + 3.0 * sd[CSF_, j["t1c"]]
-        init["ET"] = enh & out
+        init["ET"] = enh & out & et_reach
         # the core: T1c-dark outliers that are not CSF, or whatever the enhancing voxels enclose
         # and is darker on T1c than grey matter (a fluid cyst is CSF-like, so it is no outlier of the healthy classes)
         enclosed = enclosed_core(remove_small(init["ET"], cfg.min_et_mm3, float(np.prod(spacing))), m, spacing,

@@ -5,7 +5,10 @@ The model of :func:`fit_tumor_mixture` (after Prastawa et al. 2004 and Menze et 
 * **Healthy classes** CSF, GM, WM: one full-covariance Gaussian each over all modalities
   present, fitted by EM on the brain *outside* the region where a tumor may lie, so the tumor
   cannot pull them. Their per-voxel mixing weights are a prior array (e.g. warped atlas
-  probabilities), flat (the fitted global weights) when none is given.
+  probabilities), flat (the fitted global weights) when none is given. Optionally a fourth
+  healthy class ``VES`` (:func:`fit_healthy_enhancing`) for the healthy brain's enhancing
+  structures, with its share of the healthy brain as its weight everywhere: the tumor is what a
+  *complete* healthy model cannot explain, and vessels are part of a healthy brain.
 * **Tumor classes** ED (edema), ET (enhancing), NCR (necrotic / cystic / non-enhancing core):
   Gaussians started from the voxels whose *signature* fits them (relative to the healthy WM and
   GM: FLAIR/T2 above GM -> edema; T1c above WM, or T1c - T1 above healthy -> enhancing; T1c
@@ -65,9 +68,13 @@ __all__ = [
     "TumorMixtureResult",
     "fit_tumor_mixture",
     "surrounded",
+    "fit_healthy_enhancing",
+    "VESSEL",
 ]
 
 HEALTHY = ("CSF", "GM", "WM")
+#: The healthy enhancing class (vessels, choroid plexus, dura, sinuses): bright on T1c in healthy brain.
+VESSEL = "VES"
 TUMOR = ("NCR", "ED", "ET")
 #: The partial-volume class between healthy CSF and edema (ventricle and sulcal walls in edema).
 MIX = "CSF|ED"
@@ -285,6 +292,53 @@ def surrounded(islands: np.ndarray, body: np.ndarray, inside: np.ndarray, fracti
     return keep[el]
 
 
+
+def fit_healthy_enhancing(
+    X: np.ndarray, healthy: Mapping[str, object], modalities: Sequence[str], *, min_count: int = 200,
+    reg: float = 1e-3, z: float = 3.0,
+) -> dict[str, object] | None:
+    """A Gaussian for the healthy brain's enhancing structures, or None when there are too few.
+
+    Healthy brain also enhances: vessels, the choroid plexus, the dura and the venous sinuses are
+    bright on T1c (T1c - T1 with T1) and none of CSF, GM and WM explains them. Fitted on the
+    voxels of ``X`` (healthy brain, away from the tumor) that are outliers of every healthy class
+    (Mahalanobis^2 > 13.8) and enhance more than ``z`` SDs above GM and WM, it lets the joint
+    model explain them as healthy, so the enhancing tumor class is not drawn to them (Prastawa et
+    al. 2004: the tumor is what a *complete* healthy model cannot explain). Needs T1c.
+
+    Returns ``{"mean", "cov", "weight"}`` (weight: the share of the rows of ``X``).
+    """
+    mods = list(modalities)
+    if "t1c" not in mods:
+        return None
+    X = np.asarray(X, dtype=np.float64)
+    H = np.asarray(healthy["means"], dtype=np.float64)
+    C = np.asarray(healthy["covs"], dtype=np.float64)
+    sd = np.sqrt(np.stack([np.diag(c) for c in C]))
+    jc = mods.index("t1c")
+    if "t1" in mods:
+        jt = mods.index("t1")
+        e = X[:, jc] - X[:, jt]
+        he = H[:, jc] - H[:, jt]
+        hs = np.sqrt(sd[:, jc] ** 2 + sd[:, jt] ** 2)
+        enh = e > float((he + z * hs)[1:].max())
+    else:
+        enh = X[:, jc] > float((H[:, jc] + z * sd[:, jc])[1:].max())
+    if np.count_nonzero(enh) < min_count:
+        return None
+    Xe = X[enh]
+    d2 = np.full(Xe.shape[0], np.inf)
+    for k in range(len(H)):
+        L = np.linalg.cholesky(C[k])
+        Z = np.linalg.solve(L, (Xe - H[k]).T)
+        d2 = np.minimum(d2, (Z * Z).sum(0))
+    sel = d2 > 13.8
+    if np.count_nonzero(sel) < min_count:
+        return None
+    mu, cov = _moments(Xe[sel], np.ones(int(sel.sum())), reg)
+    return {"mean": mu, "cov": cov, "weight": float(sel.sum() / X.shape[0])}
+
+
 # --------------------------------------------------------------------------- the joint model
 
 
@@ -297,6 +351,7 @@ class TumorMixtureResult:
     box: tuple[slice, ...]
     means: dict[str, list[float]]
     info: dict[str, object] = field(default_factory=dict)
+    n_healthy: int = len(HEALTHY)  # the first classes are healthy: CSF, GM, WM (and VES)
 
 
 #: Per-voxel prior modes of :func:`_unary`: free, enclosed by enhancement, enclosed by tumor.
@@ -603,7 +658,8 @@ def fit_tumor_mixture(
     brain, reach : ndarray of shape (X, Y, Z), bool
         Brain mask; where tumor classes may exist (their prior is 0 outside).
     healthy : mapping
-        Output of :func:`fit_healthy` (CSF, GM, WM) plus ``modalities``.
+        Output of :func:`fit_healthy` (CSF, GM, WM) plus ``modalities``, and optionally
+        ``enhancing`` (:func:`fit_healthy_enhancing`): the fourth healthy class ``VES``.
     healthy_prior : ndarray of shape (X, Y, Z, 3), optional
         Per-voxel CSF/GM/WM prior probabilities (on the same grid); flat (the fitted weights)
         when None.
@@ -640,14 +696,19 @@ def fit_tumor_mixture(
     r = reach[box] & b
     X = np.ascontiguousarray(np.stack([np.asarray(features[m][box], dtype=np.float64)[b] for m in mods], axis=1))
     n, d = X.shape
-    classes = list(HEALTHY) + [c for c in TUMOR if c in tumor_classes]
-    nh = len(HEALTHY)
+    ves = healthy.get("enhancing")
+    hnames = list(HEALTHY) + ([VESSEL] if ves is not None else [])
+    classes = hnames + [c for c in TUMOR if c in tumor_classes]
+    nh = len(hnames)
     if healthy_prior is not None:
         hp = np.asarray(healthy_prior, dtype=np.float64)[box][b]
         hp = np.clip(hp, 1e-4, None)
         hp /= hp.sum(1, keepdims=True)
     else:
-        hp = np.broadcast_to(np.asarray(healthy["weights"], dtype=np.float64), (n, nh))
+        hp = np.broadcast_to(np.asarray(healthy["weights"], dtype=np.float64), (n, len(HEALTHY)))
+    if ves is not None:  # the enhancing healthy structures: their share everywhere, the rest as before
+        wv = float(ves["weight"])
+        hp = np.concatenate([hp * (1.0 - wv), np.full((n, 1), wv)], axis=1)
     means: dict[str, np.ndarray] = {}
     covs: dict[str, np.ndarray] = {}
     tw: dict[str, float] = {}
@@ -664,6 +725,9 @@ def fit_tumor_mixture(
         tw[c] = float(sel.sum())
     hmeans = np.asarray(healthy["means"], dtype=np.float64)
     hcovs = np.asarray(healthy["covs"], dtype=np.float64)
+    if ves is not None:
+        hmeans = np.concatenate([hmeans, np.asarray(ves["mean"], np.float64)[None]])
+        hcovs = np.concatenate([hcovs, np.asarray(ves["cov"], np.float64)[None]])
 
     def _mix_params():
         dlt = means["ED"] - hmeans[0]
@@ -681,7 +745,7 @@ def fit_tumor_mixture(
     if not tcls:
         Q = np.zeros((K,) + b.shape, np.float32)
         Q[:, b] = (hp / hp.sum(1, keepdims=True)).T
-        return TumorMixtureResult(classes, Q, box, {}, info)
+        return TumorMixtureResult(classes, Q, box, {}, info, n_healthy=nh)
     s = sum(tw.values())
     tw = {c: v / s for c, v in tw.items()}
     gate_arr = np.ones((n, len(tcls)))  # each tumor class's signature gate, per voxel
@@ -779,5 +843,5 @@ def fit_tumor_mixture(
     info["enclosed_by_tumor_ml"] = round(float(core_wt.sum() * vv / 1000.0), 2)
     info["tumor_weights"] = {c: round(v, 3) for c, v in tw.items()}
     return TumorMixtureResult(
-        classes, Q, box, {c: [round(float(x), 3) for x in v] for c, v in means.items()}, info
+        classes, Q, box, {c: [round(float(x), 3) for x in v] for c, v in means.items()}, info, n_healthy=nh
     )
