@@ -214,7 +214,7 @@ class TumorConfig(_Strict):
     )
     et_floor_sd: float = Field(2.0, ge=0, le=20, description="ET boundary never below this many SDs above that level")
     min_et_mm3: float = Field(50.0, ge=0, description="ET islands (and total candidates) smaller than this are dropped")
-    core_close_mm: float = Field(3.0, ge=0, le=20, description="closing radius (mm) of ET before filling the core (NCR)")
+    core_close_mm: float = Field(5.0, ge=0, le=20, description="closing radius (mm) of ET before filling the core (NCR)")
     core_cap_mm: float = Field(
         4.0, ge=0, le=20, description="outside the brain this close (mm) to ET closes a rim open at the surface"
     )

@@ -21,8 +21,8 @@ Steps (all sizes in millimetres, so they hold at any voxel size):
    healthy class, ``VES``, explains the healthy brain's own enhancing structures (vessels, choroid
    plexus, dura: enhancing outliers of CSF/GM/WM there, ``healthy_enhancing``), so they are not
    left for the enhancing tumor class; optional per-voxel healthy priors (``healthy_prior``, e.g.
-   warped atlas maps) weight them, flat otherwise. Tumor classes ED / ET / NCR are started from the voxels whose signature
-   fits them (outliers of every healthy class that are FLAIR-bright / enhancing / T1c-dark and not
+   warped atlas maps) weight them, flat otherwise. Tumor classes ED / ET / NCR are started from the
+   voxels whose signature fits them (outliers of every healthy class that are FLAIR-bright / enhancing / T1c-dark and not
    CSF-like; NCR also from whatever the enhancing outliers enclose, since a fluid cyst is
    CSF-like and so no outlier) and fitted by EM jointly with the fixed healthy classes within
    ``grow_mm`` of the lesions (the enhancing class within ``et_grow_mm``: a small seed of a large
@@ -76,8 +76,8 @@ from ..config import TumorConfig
 from ..morphology import bounding_box_of, dilate_mm, erode_mm, remove_small, squared_distance_to
 from ..types import MODALITIES
 from .tumor_model import (
-    HEALTHY, MIX, VESSEL, enclosed_blobs, enclosed_core, fit_healthy, fit_healthy_enhancing, fit_tumor_mixture,
-    surrounded,
+    HEALTHY, MIX, VESSEL, csf_sections, enclosed_blobs, enclosed_core, fit_healthy, fit_healthy_enhancing,
+    fit_tumor_mixture, surrounded,
 )
 
 __all__ = ["TumorResult", "tumor_regions_possible", "should_run_tumor", "segment_tumor", "TUMOR_LABELS"]
@@ -446,7 +446,8 @@ def segment_tumor(
             healthy["enhancing"] = ves
             info["healthy_means"][VESSEL] = [round(float(x), 3) for x in ves["mean"]]
             info["healthy_enhancing_share"] = round(ves["weight"], 5)
-    init, tcls, gate = _signature_init(f, m, reach, seeds, healthy, hmods, cfg, spacing, dist <= min(cfg.et_grow_mm, cfg.grow_mm))
+    et_reach = dist <= min(cfg.et_grow_mm, cfg.grow_mm)
+    init, tcls, gate = _signature_init(f, m, reach, seeds, healthy, hmods, cfg, spacing, et_reach)
     hp = None
     if healthy_prior is not None:
         hp = np.asarray(healthy_prior, dtype=np.float32)[box]
@@ -478,10 +479,15 @@ def segment_tumor(
     for c in lab_b.values():
         tum |= c
     core = enclosed_core(et, inb, spacing, cfg.core_close_mm, cfg.core_cap_mm) if et.any() else np.zeros_like(et)
+    fluid = ((arg == 0) | (arg == (cls.index(MIX) if MIX in cls else -1))) & inb  # CSF and the CSF/edema mix
+    if core.any():
+        # healthy CSF in the core that is a section of a ventricle or cistern going on outside
+        # it (against the rim, cut off by the closing) is no necrosis; a cyst is a space of its own
+        core &= ~csf_sections(core & fluid, fluid, inb, spacing, 1.01 * min(spacing))
     tum |= core
     # a FLAIR-dark / T1c-dark core enclosed by the tumor is necrosis, not CSF
     encl = enclosed_blobs(remove_small(tum, cfg.min_et_mm3, vv), inb, spacing, cfg.core_close_mm, cfg.core_cap_mm, 3.0,
-                          csf=(arg == 0) & inb)
+                          csf=fluid)
     core |= encl & (arg < mix.n_healthy)
     tum |= core
     # whole tumor: the tumor voxels connected to a detected lesion

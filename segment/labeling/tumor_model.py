@@ -265,13 +265,23 @@ def enclosed_blobs(tumor: np.ndarray, brain: np.ndarray, spacing, close_mm: floa
     enc = morph.open_mm(enc, r, spacing)
     if csf is None or not enc.any():
         return enc
+    return enc & ~csf_sections(enc, csf, brain, spacing, 1.01 * min(spacing))
+
+
+def csf_sections(enc: np.ndarray, csf: np.ndarray, brain: np.ndarray, spacing, r: float) -> np.ndarray:
+    """The parts of ``enc`` that are sections of a larger CSF space: their component of the
+    CSF (with ``enc``, both opened with a ball of ``r`` mm) lies more outside ``enc`` than inside.
+
+    A ventricle that passes through the tumor, or lies against its rim, is cut into enclosed
+    sections by the filling; its CSF goes on outside. A cyst is a CSF-like space of its own.
+    """
     space = morph.open_mm((csf & brain) | enc, r, spacing) | enc
     lab, n = ndi.label(space, structure=np.ones((3, 3, 3), bool))
     inside = np.bincount(lab[enc], minlength=n + 1)
     total = np.bincount(lab.ravel(), minlength=n + 1)
-    keep = inside >= (total - inside)
-    keep[0] = False
-    return enc & keep[lab]
+    drop = inside < (total - inside)
+    drop[0] = False
+    return enc & drop[lab]
 
 
 def surrounded(islands: np.ndarray, body: np.ndarray, inside: np.ndarray, fraction: float) -> np.ndarray:
@@ -821,7 +831,9 @@ def fit_tumor_mixture(
                 et = morph.remove_small(et, min_et_mm3, vv)
                 core = enclosed_core(et, b, spacing, close_mm, cap_mm) & r
             csf = np.zeros(b.shape, bool)
-            csf[b] = lab == 0
+            csf[b] = (lab == 0) | (lab == (classes.index(MIX) if MIX in classes else -1))  # CSF, CSF/edema mix
+            if core.any():  # a ventricle against the rim, cut off by the closing, is no core
+                core &= ~csf_sections(core & csf, csf, b, spacing, 1.01 * min(spacing))
             core_wt = enclosed_blobs(tum, b, spacing, close_mm, cap_mm, blob_mm, csf=csf) & r & ~core
             if "ET" in tcls and et_body_fraction > 0 and et.any():
                 # enhancing islands the tumor does not surround (vessels, dura) lose the ET class

@@ -244,7 +244,9 @@ def test_ventricle_wall_in_edema_is_not_necrosis(tmp_path):
     """Bug: the voxels between a ventricle and the edema around it are a blur of CSF and edema;
     no class explained them, and the core class (between the two on FLAIR and T1c) took them,
     touching the enhancing rim: 440 voxels of healthy CSF labelled NCR on this phantom. With the
-    CSF/edema partial-volume class they are not tumor core."""
+    CSF/edema partial-volume class they are not tumor core. (Again with the enclosed core closed by
+    5 mm instead of 3: 252 voxels of the slit ventricles, cut off by the closing, were 'enclosed';
+    a section of a CSF space that goes on outside the enclosure, by any connection, is no core.)"""
     ph, mask, feats = _pipeline_case(tmp_path, 3, "standard")
     csf = (ph.tissue == 1) & (ph.tumor == 0)
     got = segment_tumor(feats, mask, ph.spacing, config=TumorConfig())
@@ -399,8 +401,9 @@ def test_enhancing_structures_in_a_wide_reach_do_not_take_the_enhancing_class():
     old = segment_tumor(f, ph.brain_mask, ph.spacing, config=naive)
     new = segment_tumor(f, ph.brain_mask, ph.spacing, config=TumorConfig())
     assert TumorConfig().grow_mm >= 60.0
-    # the failure: the enhancing class took the structures' look (FLAIR-dark) and lost the tumor
-    assert old.info["tumor_means"]["ET"][1] < 0.0
+    # the failure: the enhancing class left the tumor's FLAIR-bright rim (for the structures' look,
+    # FLAIR-dark) and lost the tumor
+    assert old.info["tumor_means"]["ET"][1] < 1.0
     assert dice(old.labels == 3, et_true) < 0.3
     assert new.info["tumor_means"]["ET"][1] > 2.0  # FLAIR-bright, as the phantom's enhancing rim
     assert dice(new.labels == 3, et_true) > 0.85
