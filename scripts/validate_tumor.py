@@ -53,16 +53,17 @@ surface is tumor core: NCR fills it inside the enhancing wall, the rim being clo
 reaches the cortex (axial ~96-109). The occipital horn next to it is not NCR (a ventricle passing through the edema is
 not an enclosed core). Since 2026-12-04 the tumor classes reach 60 mm from the 1.7 mL seed (29 % of the missed tumor
 lay beyond 40 mm): the heterogeneous lateral part at axial ~72-84 and more of the enhancing wall along the surface
-are found (WT 54.6 -> 61.6 mL, ET 10.9 -> 12.2 mL of 18.4). Still missed: the superior edema (axial ~122), mildly
+are found (WT 54.6 -> 61.6 mL, ET 10.9 -> 12.2 mL of 18.4); with the rim closed by 5 mm instead of 3 the
+cyst's wall is closed where it is patchy (WT 68.4 mL of 80.7, TC 42.5 of 45.3, ET 13.9 of 18.4; TC Dice 0.77 -> 0.82). Still missed: the superior edema (axial ~122), mildly
 FLAIR-bright (median robust z 0.9, grey matter 0.2), and part of the thin enhancing wall. False positives: the
 enhancing choroid plexus in the left trigone (axial ~72-84), which touches the tumor.
 """,
     "brats_2013_pat0006_1": """
 **What the overlays show.** The large frontal tumor in the cropped field of view: the FLAIR-bright edema is found
-nearly to its manual extent (WT Dice 0.88), ET covers the enhancing parts of the mass (30 of 43 mL; 25 mL before
-the local class proportions, which draw the weakly enhancing voxels inside the mass to ET and the dark ones next to the
-core to NCR). Misses: the manual non-enhancing core (label 3) that surrounds the enhancing parts is intermediate on T1c
-and FLAIR-bright; its outer part is still called edema (TC 65 of 107 mL, Dice 0.73; 0.65 before).
+nearly to its manual extent (WT Dice 0.89), ET covers the enhancing parts of the mass (31 of 43 mL). The manual
+non-enhancing core (label 3) around the enhancing parts is intermediate on T1c and FLAIR-bright; with the rim closed by
+5 mm (3 mm before 2026-12-04) more of the mass between the enhancing patches is core (TC 0.74 -> 0.78), its outer part
+is still called edema.
 """,
     "brats_glioma": """
 **What the overlays show** (montage: axial slices, patient's left on the image left). The ring-enhancing right temporal
