@@ -42,6 +42,7 @@ validate: $(VENV)/.installed-test
 	$(BIN)/python scripts/validate_subsets.py --data $(DATA) --out docs/validation_subsets.md
 	$(BIN)/python scripts/validate_skullstrip.py --data $(DATA) --out docs/validation_skullstrip.md
 	$(BIN)/python scripts/robustness_skullstrip.py --data $(DATA) --write
+	$(BIN)/python scripts/robustness_tumor.py --data $(DATA) --write
 	$(BIN)/python scripts/validate_tumor.py --data $(DATA) --out docs/validation_tumor.md
 	$(BIN)/python scripts/figure_clinical.py --data $(DATA) --out docs/validation_clinical.md
 	@echo "docs/validation_*.md and docs/figures/ rewritten; review with git diff docs/"
