@@ -253,10 +253,10 @@ def enclosed_blobs(tumor: np.ndarray, brain: np.ndarray, spacing, close_mm: floa
     ball of ``blob_mm`` (at least one voxel), so a cyst inside edema counts and the thin sheets
     of sulcal CSF or a few-voxel gap do not.
 
-    With ``csf`` (the voxels labelled healthy CSF), a blob that is a section of a larger CSF
-    space is not enclosed: a ventricle passing through edema is cut into enclosed sections by
-    the slice-wise filling, but its CSF goes on (by thick connections, opened alike) outside the
-    tumor, more of it outside the blob than inside.
+    With ``csf`` (the voxels labelled healthy CSF, or CSF-like), a blob that is a section of a
+    larger CSF space is not enclosed (:func:`csf_sections`): a ventricle passing through edema is
+    cut into enclosed sections by the slice-wise filling, but its CSF goes on outside the tumor,
+    more of it outside the blob than inside.
     """
     enc = enclosed_core(tumor, brain, spacing, close_mm, cap_mm)
     if not enc.any():
@@ -300,7 +300,6 @@ def surrounded(islands: np.ndarray, body: np.ndarray, inside: np.ndarray, fracti
     keep = onb >= fraction * np.maximum(tot, 1)
     keep[0] = False
     return keep[el]
-
 
 
 def fit_healthy_enhancing(
