@@ -14,7 +14,8 @@ Steps (all sizes in millimetres, so they hold at any voxel size):
    ``open_mm`` so thin bright rims vanish, and grouped into 26-connected lesions. A lesion counts
    only if it is at least ``min_tumor_ml``, does not lie mostly on the brain surface
    (``max_surface_fraction``) and, with T2, is T2-bright. No lesion: empty labels. This is why a
-   healthy brain comes back empty.
+   healthy brain comes back empty. A near miss (at least ``min_tumor_ml`` off the surface shell
+   with smoothed FLAIR within ``NEAR_MISS_Z`` under ``seed_z``) is a QC flag, not a detection.
 2. **Joint mixture** (:mod:`segment.labeling.tumor_model`). Healthy CSF/GM/WM Gaussians over all
    modalities present are fitted (trimmed EM) on the brain farther than ``healthy_margin_mm`` from
    every lesion (the whole brain when that leaves less than a fifth of it); with T1c a fourth
@@ -87,6 +88,8 @@ NCR, ED, ET = 1, 2, 3
 TUMOR_LABELS: dict[int, str] = {NCR: "NCR", ED: "ED", ET: "ET"}
 _REGIONS = ("WT", "TC", "ET")
 _FULL = ndi.generate_binary_structure(3, 3)
+#: How far under the seed threshold (robust z) a FLAIR-bright region is flagged as a near miss.
+NEAR_MISS_Z = 0.5
 #: Least share of the brain beyond healthy_margin_mm the healthy classes are fitted on (else the whole brain).
 HEALTHY_FIT_SHARE = 0.2
 
@@ -422,6 +425,22 @@ def segment_tumor(
             f"{cfg.open_mm:g} mm) of at least {cfg.min_tumor_ml:g} mL, off the brain surface"
             + (" and bright on T2" if "t2" in f else "")
         )
+        # a near miss is flagged: a mildly FLAIR-bright glioma (or one in a noisy scan) can fall
+        # just under the seed threshold, and an empty result must not look like a confident one
+        near = (fd > cfg.seed_z - NEAR_MISS_Z) & m
+        near = remove_small(near, cfg.min_tumor_ml * 1000.0, vv)
+        if near.any():  # off the brain surface shell, as the seeds
+            near &= squared_distance_to(~m, spacing) > cfg.surface_mm ** 2
+        near = dilate_mm(erode_mm(near, r_open, spacing), r_open, spacing) & near
+        near = remove_small(near, cfg.min_tumor_ml * 1000.0, vv)
+        if near.any():
+            ml = float(np.count_nonzero(near) * vv / 1000.0)
+            info["flags"].append(
+                f"no tumor found, but {ml:.1f} mL of the brain is FLAIR-bright just under the seed threshold "
+                f"(smoothed robust z > {cfg.seed_z - NEAR_MISS_Z:g}, not > {cfg.seed_z:g}): check for a mildly "
+                "FLAIR-bright tumor"
+            )
+            info["near_miss_ml"] = round(ml, 3)
         return _finish(labels)
 
     # ---- 2. the joint healthy + tumor mixture -----------------------------------------

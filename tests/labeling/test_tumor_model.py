@@ -408,3 +408,26 @@ def test_enhancing_structures_in_a_wide_reach_do_not_take_the_enhancing_class():
     assert new.info["tumor_means"]["ET"][1] > 2.0  # FLAIR-bright, as the phantom's enhancing rim
     assert dice(new.labels == 3, et_true) > 0.85
     assert np.count_nonzero(new.labels[ves] > 0) <= 0.05 * np.count_nonzero(ves)
+
+
+def test_a_tumor_just_under_the_seed_threshold_is_flagged():
+    """Bug (BRATS 2013 pat0005 with noise of 0.5 robust z, scripts/robustness_tumor.py): its mildly
+    FLAIR-bright tumor (90th percentile z 3.0) fell under the seed threshold and the exam came back
+    'no tumor' with no flag, looking like a confident answer. A FLAIR-bright region just under the
+    threshold is now a QC flag; the labels stay empty (it is no detection)."""
+    ph, feats = _case(1)
+    cfg = TumorConfig()
+    f = {k: v.copy() for k, v in feats.items()}
+    wt = ph.tumor > 0
+    fl = f["flair"]
+    # the tumor's FLAIR compressed towards the healthy level until no seed survives
+    fl[wt] = 0.3 + (fl[wt] - 0.3) * (cfg.seed_z - 0.2) / np.percentile(fl[wt], 99)
+    got = segment_tumor(f, ph.brain_mask, ph.spacing, config=cfg)
+    assert not got.info["tumor_found"] and not got.labels.any()
+    assert any("just under the seed threshold" in s for s in got.info["flags"])
+    # a clearly healthy FLAIR (the tumor replaced by grey-matter-like values) raises no such flag
+    f2 = {k: v.copy() for k, v in feats.items()}
+    f2["flair"][wt] = 0.3
+    quiet = segment_tumor(f2, ph.brain_mask, ph.spacing, config=cfg)
+    assert not quiet.labels.any()
+    assert not any("just under the seed threshold" in s for s in quiet.info["flags"])
