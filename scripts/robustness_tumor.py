@@ -37,17 +37,17 @@ from segment.config import Config, TumorConfig  # noqa: E402
 from segment.labeling.tumor import segment_tumor  # noqa: E402
 from segment.metrics import evaluate_brats  # noqa: E402
 from segment.preprocess.normalize import robust_zscore  # noqa: E402
+from validate_thick import thick  # noqa: E402
 from validate_tumor import case_dirs, prepare, truth_of  # noqa: E402
 
 TITLE = "# Tumor robustness: thick slices and noise (`scripts/robustness_tumor.py`)"
 MODS = ("t1c", "flair")
 
 
-def thick(a: np.ndarray, k: int, how: str = "mean") -> np.ndarray:
-    """Axial slices (axis 2) in groups of ``k``: their mean, or the middle one (labels)."""
-    n = a.shape[2] // k * k
-    b = a[:, :, :n].reshape(a.shape[0], a.shape[1], n // k, k)
-    return b.mean(axis=3) if how == "mean" else b[..., k // 2]
+def middle_slices(a: np.ndarray, k: int) -> np.ndarray:
+    """The middle slice of every ``k`` consecutive axial slices (labels; as ``thick`` drops a partial block)."""
+    n = a.shape[2] // k
+    return a[:, :, k // 2: n * k: k]
 
 
 def variants(feats, mask, truth, spacing, seed: int = 0):
@@ -56,7 +56,7 @@ def variants(feats, mask, truth, spacing, seed: int = 0):
     for k in (3, 5):
         m = thick(mask.astype(np.float32), k) > 0.5
         f = {c: robust_zscore(thick(v, k), m) for c, v in feats.items()}
-        yield (f"{k} mm slices (mean of {k})", f, m, thick(truth, k, "mid").astype(np.uint8),
+        yield (f"{k} mm slices (mean of {k})", f, m, middle_slices(truth, k).astype(np.uint8),
                (spacing[0], spacing[1], spacing[2] * k))
     rng = np.random.default_rng(seed)
     f = {c: robust_zscore(np.where(mask, v + 0.5 * rng.standard_normal(v.shape), 0.0), mask) for c, v in feats.items()}

@@ -78,7 +78,7 @@ from ..morphology import bounding_box_of, dilate_mm, erode_mm, remove_small, squ
 from ..types import MODALITIES
 from .tumor_model import (
     HEALTHY, MIX, VESSEL, csf_sections, enclosed_blobs, enclosed_core, fit_healthy, fit_healthy_enhancing,
-    fit_tumor_mixture, surrounded,
+    fit_tumor_mixture, fluid_labels, surrounded,
 )
 
 __all__ = ["TumorResult", "tumor_regions_possible", "should_run_tumor", "segment_tumor", "TUMOR_LABELS"]
@@ -473,7 +473,7 @@ def segment_tumor(
     if "ET" in gate and cfg.et_grow_mm < cfg.grow_mm:
         # enhancement is tumor only near the lesions: the wider reach of edema and core takes in
         # vessels, the choroid plexus and the dura, which would capture the one enhancing class
-        gate["ET"] = gate["ET"] * (dist <= cfg.et_grow_mm)
+        gate["ET"] = gate["ET"] * et_reach
     mix = fit_tumor_mixture(
         f, m, reach, spacing, healthy=healthy, healthy_prior=hp, tumor_classes=tcls, init=init, gate=gate,
         alpha0=cfg.alpha0, beta=cfg.mrf_beta, iterations=cfg.em_iterations, close_mm=cfg.core_close_mm,
@@ -498,7 +498,7 @@ def segment_tumor(
     for c in lab_b.values():
         tum |= c
     core = enclosed_core(et, inb, spacing, cfg.core_close_mm, cfg.core_cap_mm) if et.any() else np.zeros_like(et)
-    fluid = ((arg == 0) | (arg == (cls.index(MIX) if MIX in cls else -1))) & inb  # CSF and the CSF/edema mix
+    fluid = fluid_labels(arg, cls) & inb
     if core.any():
         # healthy CSF in the core that is a section of a ventricle or cistern going on outside
         # it (against the rim, cut off by the closing) is no necrosis; a cyst is a space of its own

@@ -69,6 +69,8 @@ __all__ = [
     "fit_tumor_mixture",
     "surrounded",
     "fit_healthy_enhancing",
+    "fluid_labels",
+    "csf_sections",
     "VESSEL",
 ]
 
@@ -266,6 +268,14 @@ def enclosed_blobs(tumor: np.ndarray, brain: np.ndarray, spacing, close_mm: floa
     if csf is None or not enc.any():
         return enc
     return enc & ~csf_sections(enc, csf, brain, spacing, 1.01 * min(spacing))
+
+
+def fluid_labels(labels: np.ndarray, classes: Sequence[str]) -> np.ndarray:
+    """Where ``labels`` (indices into ``classes``) is healthy CSF or the CSF/edema mix."""
+    out = labels == classes.index("CSF")
+    if MIX in classes:
+        out |= labels == classes.index(MIX)
+    return out
 
 
 def csf_sections(enc: np.ndarray, csf: np.ndarray, brain: np.ndarray, spacing, r: float) -> np.ndarray:
@@ -830,7 +840,7 @@ def fit_tumor_mixture(
                 et = morph.remove_small(et, min_et_mm3, vv)
                 core = enclosed_core(et, b, spacing, close_mm, cap_mm) & r
             csf = np.zeros(b.shape, bool)
-            csf[b] = (lab == 0) | (lab == (classes.index(MIX) if MIX in classes else -1))  # CSF, CSF/edema mix
+            csf[b] = fluid_labels(lab, classes)
             if core.any():  # a ventricle against the rim, cut off by the closing, is no core
                 core &= ~csf_sections(core & csf, csf, b, spacing, 1.01 * min(spacing))
             core_wt = enclosed_blobs(tum, b, spacing, close_mm, cap_mm, blob_mm, csf=csf) & r & ~core
