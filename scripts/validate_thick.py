@@ -15,6 +15,7 @@ degraded-MNI bias field and Rician noise (``validate_degraded.degrade``), and ru
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -45,6 +46,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=2024)
     ap.add_argument("--ants-python", default=None,
                     help="python of a venv with antspyx (default: .venv-peers/, created if missing)")
+    ap.add_argument("--config", default=None,
+                    help="segment config overrides as JSON (e.g. '{\"mixture\": {\"partial_volume\": false}}')")
+    ap.add_argument("--no-peers", action="store_true", help="segment only (skip scikit-learn and Atropos)")
     args = ap.parse_args(argv)
 
     src = args.data / "mni152"
@@ -65,11 +69,13 @@ def main(argv=None) -> int:
     aff[:3, 2] *= k
     aff[:3, 3] += aff[:3, 2] * (k - 1) / (2.0 * k)  # centre of the first block
     wm_mean = float(t1k[truth == 3].mean())
-    ants_py, ants_note = atropos_available(args.ants_python)
+    ants_py, ants_note = (None, "") if args.no_peers else atropos_available(args.ants_python)
     ok = ants_py is not None
-    if not ok:
+    if not ok and ants_note:
         print(ants_note, file=sys.stderr)
-    cfg = config_from_dict({"outputs": {"overlay": False}})
+    over = json.loads(args.config) if args.config else {}
+    over.setdefault("outputs", {})["overlay"] = False
+    cfg = config_from_dict(over)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -80,8 +86,9 @@ def main(argv=None) -> int:
             path = save_volume(img.astype(np.float32), aff, case / "t1.nii.gz", dtype=np.float32)
             run_segment(case, cfg, tmp / "warm")  # kernels loaded
             lab, sec = run_segment(case, cfg, tmp / f"out{vi}")
-            res = {"segment (defaults)": (lab, sec)}
-            res["scikit-learn GaussianMixture"] = sklearn_gmm(img, args.seed)
+            res = {"segment (defaults)" if not args.config else "segment (--config)": (lab, sec)}
+            if not args.no_peers:
+                res["scikit-learn GaussianMixture"] = sklearn_gmm(img, args.seed)
             if ok:
                 alab, asec, _ = run_atropos(ants_py, path, mask_path, tmp / f"a{vi}.nii.gz", "[0.2,1x1x1]", "[5,0]")
                 res["ANTs Atropos, kmeans[3], m=[0.2,1x1x1], c=[5,0]"] = (alab, asec)

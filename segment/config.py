@@ -110,6 +110,12 @@ class MixtureConfig(_Strict):
     partial_volume: bool = Field(
         True, description="model voxels mixing two tissues (CSF/GM, GM/WM) and label by the larger fraction"
     )
+    pv_max_voxel_mm: float = Field(
+        2.5, gt=0, le=20,
+        description="the partial-volume model is used only when the voxel's largest side is at most this "
+        "(2.5 mm, the mean thickness of the cortex): a thicker voxel often holds CSF, GM and WM at once, which "
+        "a model of two tissues per voxel cannot explain, and the class mixture labels it instead",
+    )
     fit_margin_mm: float = Field(
         3.0, ge=0, le=20,
         description="when the brain mask comes from skull stripping, fit the mixture on the mask eroded "

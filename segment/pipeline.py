@@ -187,6 +187,7 @@ def fit_tissue_mixture(
     config: Config,
     fit_rows: np.ndarray | None = None,
     priors: np.ndarray | None = None,
+    spacing: tuple[float, float, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
     """Fit the tissue GMM on brain voxels and return (labels 1..3, class probabilities, info).
 
@@ -205,6 +206,9 @@ def fit_tissue_mixture(
         classes estimated robustly where the atlas puts them (the start that explains the
         voxels best and obeys the scan's contrast order wins), and weight the final class
         probabilities.
+    spacing : voxel size in mm, optional
+        With a side over ``mixture.pv_max_voxel_mm`` the partial-volume model is not used (a voxel
+        thicker than the cortex mixes three tissues, not two); ``None``: it is used.
 
     One feature with few distinct values (e.g. 8-bit images) is fitted exactly on its histogram
     of unique values with ``sample_weight``; otherwise on all voxels, or on a seeded random subset
@@ -382,7 +386,14 @@ def fit_tissue_mixture(
         predict_x = grid[:, None]
     else:
         predict_x = features
-    if mc.partial_volume:
+    thick = spacing is not None and max(spacing) > mc.pv_max_voxel_mm
+    if mc.partial_volume and thick:
+        info["partial_volume"] = {
+            "used": False,
+            "reason": (f"voxels {max(spacing):.2g} mm thick > mixture.pv_max_voxel_mm {mc.pv_max_voxel_mm:g} "
+                       "(three tissues per voxel): the class mixture labels them"),
+        }
+    if mc.partial_volume and not thick:
         from .mixture.partial_volume import PartialVolumeMixture
 
         if prior_fit is not None:
@@ -736,7 +747,8 @@ def run_pipeline(case: Case | LoadedCase | str | os.PathLike, config: Config | N
             fit_flags.append("tissue without atlas priors: " + (
                 "the template registration is poor" if reg is not None else "no template registration"))
             log.warning("%s: %s", loaded.case.case_id, fit_flags[-1])
-    labels, probs, mix_info = fit_tissue_mixture(X, mods, config, fit_rows=in_fit, priors=priors)
+    labels, probs, mix_info = fit_tissue_mixture(X, mods, config, fit_rows=in_fit, priors=priors,
+                                                 spacing=loaded.spacing)
     fov_flags = label_outside_fov(loaded, healthy, feats, mods, config, in_fit, labels, probs)
     if fov_flags:
         info.setdefault("flags", []).extend(fov_flags)

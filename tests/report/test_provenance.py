@@ -25,6 +25,9 @@ SHAPE, SPACING = (48, 56, 48), (4.0, 4.0, 4.0)
 #: the default configuration but for the MNI152 registration, which the brain-only phantoms do not
 #: need (their mask is the non-zero region either way) and which these tests do not check
 CONFIG = load_config(None, {"preprocess": {"skullstrip_options": {"template": False}}})
+#: ... with the partial-volume model on these 4 mm phantoms (by default it is kept to voxels up to 2.5 mm)
+PV_CONFIG = load_config(None, {"preprocess": {"skullstrip_options": {"template": False}},
+                               "mixture": {"pv_max_voxel_mm": 4.0}})
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +71,10 @@ def test_run_writes_provenance_volumes_and_log(tissue_case, tmp_path):
 def test_fallback_becomes_a_recorded_warning_and_flag(tissue_case, tmp_path, monkeypatch):
     """A partial-volume fit whose means drift beyond the limit falls back to the plain mixture:
     the fallback is in provenance.json (warnings and QC flags), segment.log and the result."""
-    clean = pipeline.segment_case(tissue_case, CONFIG, tmp_path / "clean")
+    clean = pipeline.segment_case(tissue_case, PV_CONFIG, tmp_path / "clean")
     assert not any("fell back" in w for w in clean.info["warnings"])
     monkeypatch.setattr(pipeline, "PV_MAX_DRIFT", 0.0)  # any drift is too much: forces the fallback
-    res = pipeline.segment_case(tissue_case, CONFIG, tmp_path / "fb")
+    res = pipeline.segment_case(tissue_case, PV_CONFIG, tmp_path / "fb")
     prov = json.loads((tmp_path / "fb" / "provenance.json").read_text())
     assert any("partial-volume model fell back to the plain mixture" in w for w in prov["warnings"])
     assert any("fell back" in f for f in prov["qc_flags"])
@@ -88,7 +91,7 @@ def test_run_and_batch_writer_carry_the_fallback(tissue_case, tmp_path, monkeypa
     from segment.publish import write_case
 
     monkeypatch.setattr(pipeline, "PV_MAX_DRIFT", 0.0)
-    result, row, caught = write_case(tissue_case, CONFIG, tmp_path / "w")
+    result, row, caught = write_case(tissue_case, PV_CONFIG, tmp_path / "w")
     manifest = json.loads((tmp_path / "w" / "tissue_case" / "result.json").read_text())
     for f in ("provenance.json", "volumes.csv", "segment.log"):
         assert f in manifest["outputs"]
@@ -98,7 +101,7 @@ def test_run_and_batch_writer_carry_the_fallback(tissue_case, tmp_path, monkeypa
     prov = json.loads((tmp_path / "w" / "tissue_case" / "provenance.json").read_text())
     assert prov["qc_flags"] == manifest["flags"]  # the same flags in every record
     cfg = tmp_path / "no_template.yaml"
-    cfg.write_text("preprocess:\n  skullstrip_options:\n    template: false\n")
+    cfg.write_text("preprocess:\n  skullstrip_options:\n    template: false\nmixture:\n  pv_max_voxel_mm: 4.0\n")
     assert main(["run", str(tissue_case), "--out", str(tmp_path / "r"), "-c", str(cfg)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert any("fell back" in f for f in summary["flags"])
