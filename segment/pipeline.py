@@ -188,6 +188,7 @@ def fit_tissue_mixture(
     fit_rows: np.ndarray | None = None,
     priors: np.ndarray | None = None,
     spacing: tuple[float, float, float] | None = None,
+    sample_key: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
     """Fit the tissue GMM on brain voxels and return (labels 1..3, class probabilities, info).
 
@@ -209,6 +210,10 @@ def fit_tissue_mixture(
     spacing : voxel size in mm, optional
         With a side over ``mixture.pv_max_voxel_mm`` the partial-volume model is not used (a voxel
         thicker than the cortex mixes three tissues, not two); ``None``: it is used.
+    sample_key : ndarray of shape (n_voxels,), optional
+        A random key per row, fixed to the voxel (``run_pipeline`` draws it on the image grid from
+        the seed): every seeded subset takes the rows of smallest key, so a few voxels more or less
+        in the fit change a few samples, not the whole subset. Default: drawn per row from the seed.
 
     One feature with few distinct values (e.g. 8-bit images) is fitted exactly on its histogram
     of unique values with ``sample_weight``; otherwise on all voxels, or on a seeded random subset
@@ -235,6 +240,9 @@ def fit_tissue_mixture(
     n_fit = int(np.count_nonzero(fit_rows))
     info: dict[str, object] = {"n_voxels": int(n), "n_fit_voxels": n_fit}
     fit_x, weights = features[fit_rows], None
+    if sample_key is None:
+        sample_key = np.random.default_rng(config.seed).random(n)
+    fit_key = np.asarray(sample_key)[fit_rows]
     # One feature: fit on a histogram, predict on its values or grid and map back to voxels.
     uniq, inverse, grid, pv_hist = None, None, None, None
     if features.shape[1] == 1:
@@ -269,8 +277,8 @@ def fit_tissue_mixture(
                 pv_centres = (centres * counts).reshape(-1, PV_BIN_MERGE).sum(axis=1) / np.maximum(merged, 1)
                 pv_hist = (pv_centres[merged > 0][:, None], merged[merged > 0].astype(np.float64))
     if weights is None and mc.max_samples is not None and n_fit > mc.max_samples:
-        rng = np.random.default_rng(config.seed)
-        fit_x = fit_x[np.sort(rng.choice(n_fit, size=mc.max_samples, replace=False))]
+        keep = _smallest_keys(fit_key, mc.max_samples)
+        fit_x, fit_key = fit_x[keep], fit_key[keep]
         info["fit"] = f"random subset of {mc.max_samples} voxels"
     info.setdefault("fit", f"all {n_fit} voxels of the fit region")
     gmm.fit(fit_x, sample_weight=weights)
@@ -284,7 +292,7 @@ def fit_tissue_mixture(
         # a seeded subset of the fit rows: the class mixture has a handful of parameters
         idx = np.flatnonzero(fit_rows)
         if idx.size > PRIOR_SAMPLES:
-            idx = np.sort(np.random.default_rng(config.seed).choice(idx, size=PRIOR_SAMPLES, replace=False))
+            idx = idx[_smallest_keys(fit_key, PRIOR_SAMPLES)]
         xs, ps = features[idx].astype(np.float64), priors[idx]
         by_contrast = classes
         resp = gmm.predict_proba(xs)
@@ -344,10 +352,19 @@ def fit_tissue_mixture(
             # that few voxels lie outside them all, while the plain mixture gives it a component).
             # Kept when their means obey the contrast order the scan shows (T1: CSF < GM < WM)
             # and they explain the voxels better than the named components.
-            full = _full_covariances(gmm)
+            # The components of finer plain mixtures of the class mixture's sample are starts too:
+            # the class mixture has several optima of nearly equal likelihood on a glioma case,
+            # and with the plain mixture's three components alone which of them is found at all
+            # hung on small changes of the fitted voxels.
+            eye = np.eye(xs.shape[1]) * reg
+            mixes = [(gmm.means_, _full_covariances(gmm))]
+            for kk in ROBUST_EXTRA_COMPONENTS:
+                g = GaussianMixture(kk, covariance_type="full", tol=mc.tol, max_iter=mc.max_iter,
+                                    reg_covar=reg, random_state=config.seed).fit(xs)
+                mixes.append((g.means_, _full_covariances(g)))
             starts = ([atypical] if atypical is not None else []) + [
-                (gmm.means_[k].astype(np.float64), full[k].astype(np.float64) + np.eye(xs.shape[1]) * reg)
-                for k in range(gmm.n_components)]
+                (mu[k].astype(np.float64), cov[k].astype(np.float64) + eye)
+                for mu, cov in mixes for k in range(mu.shape[0])]
             # every start is screened with a few iterations; the best one runs to convergence
             robust = []
             for start in starts:
@@ -408,8 +425,7 @@ def fit_tissue_mixture(
         # well as all voxels would.
         pv_x, pv_w = pv_hist if pv_hist is not None else (fit_x, weights)
         if pv_w is None and pv_x.shape[0] > PV_MAX_SAMPLES:
-            rng = np.random.default_rng(config.seed)
-            pv_x = pv_x[np.sort(rng.choice(pv_x.shape[0], size=PV_MAX_SAMPLES, replace=False))]
+            pv_x = pv_x[_smallest_keys(fit_key, PV_MAX_SAMPLES)]
         # The partial-volume model should sharpen the classes the plain mixture found, not
         # replace them: when a pure mean drifts out of its class's own spread (seen on
         # multi-modal real scans, where mixing is not linear in every channel), the plain
@@ -490,6 +506,10 @@ PRIOR_INIT = "select"
 #: 5 mm slices 5-10 %, mixed voxels; a BraTS glioma left in the fit 8-11 %; phantoms whose anatomy the atlas
 #: does not fit 15-26 %).
 ATYPICAL_FLAG_SHARE = 0.08
+
+#: Components of the finer plain mixtures (of the class mixture's sample) whose components also start the
+#: robust class mixture's atypical class.
+ROBUST_EXTRA_COMPONENTS = (4, 5)
 
 #: EM iterations each start of the robust class mixture is screened with (the best runs to convergence).
 ROBUST_SCREEN_ITER = 20
@@ -632,6 +652,14 @@ def _class_moments(gmm, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return means, cov
 
 
+def _smallest_keys(key: np.ndarray, size: int) -> np.ndarray:
+    """Sorted positions of the ``size`` smallest entries of ``key`` (a seeded subset that is stable
+    when a few rows come or go)."""
+    if key.size <= size:
+        return np.arange(key.size)
+    return np.sort(np.argpartition(key, size - 1)[:size])
+
+
 def _full_covariances(gmm) -> np.ndarray:
     """Covariances of a fitted GaussianMixture as (K, d, d) whatever its covariance type."""
     k, d = gmm.means_.shape
@@ -747,8 +775,11 @@ def run_pipeline(case: Case | LoadedCase | str | os.PathLike, config: Config | N
             fit_flags.append("tissue without atlas priors: " + (
                 "the template registration is poor" if reg is not None else "no template registration"))
             log.warning("%s: %s", loaded.case.case_id, fit_flags[-1])
+    # one random key per voxel of the grid: the mixture's seeded subsets keep their voxels when
+    # the healthy region changes a little (a tumor a few mL larger)
+    key = np.random.default_rng(config.seed).random(mask.shape, dtype=np.float32)[healthy]
     labels, probs, mix_info = fit_tissue_mixture(X, mods, config, fit_rows=in_fit, priors=priors,
-                                                 spacing=loaded.spacing)
+                                                 spacing=loaded.spacing, sample_key=key)
     fov_flags = label_outside_fov(loaded, healthy, feats, mods, config, in_fit, labels, probs)
     if fov_flags:
         info.setdefault("flags", []).extend(fov_flags)

@@ -269,6 +269,32 @@ def test_partial_volume_model_is_kept_to_voxels_thinner_than_the_cortex():
     assert "class_means" in wide["partial_volume"]
 
 
+def test_class_mixture_sample_is_stable_when_a_few_voxels_leave_the_fit():
+    """Bug (BraTS four-series case): the class mixture's 30 000-voxel sample was drawn anew from
+    the fit rows, so a tumor 2 mL larger redrew the whole sample and the fit fell into another of
+    several near-equal optima (CSF/GM/WM 60/467/357 or 95/476/313 mL). With a key per voxel the
+    subset loses the voxels that left and keeps the others: the fit barely moves."""
+    from segment.pipeline import PRIOR_SAMPLES, _smallest_keys
+
+    key = np.random.default_rng(0).random(1000)
+    a = set(_smallest_keys(key, 100).tolist())
+    b = {i + 5 for i in _smallest_keys(key[5:], 100).tolist()}  # five rows gone
+    assert len(a & b) >= 95
+    true, pri = _three_regions(3 * PRIOR_SAMPLES, seed=2)
+    rng = np.random.default_rng(3)
+    x = (np.array([-2.0, 0.0, 1.0])[true] + rng.normal(0, 0.3, true.size))[:, None]
+    x[:, 0] += 0.05 * rng.standard_t(2, true.size)  # heavy tails: each sample's moments differ
+    pri = pri.astype(np.float32)
+    cfg = config_from_dict({"mixture": {"partial_volume": False}})
+    rows = np.ones(true.size, bool)
+    key = np.random.default_rng(4).random(true.size).astype(np.float32)
+    _, _, full = fit_tissue_mixture(x, ["t1"], cfg, fit_rows=rows, priors=pri, sample_key=key)
+    rows[:20] = False  # twenty voxels leave the fit region
+    _, _, fewer = fit_tissue_mixture(x, ["t1"], cfg, fit_rows=rows, priors=pri, sample_key=key)
+    m0, m1 = (np.asarray(i["prior_em"]["class_means"]) for i in (full, fewer))
+    assert np.abs(m0 - m1).max() < 2e-3
+
+
 def _lesioned(n: int = 20000, seed: int = 11, share: float = 0.12):
     """Three tissue regions and a lesion inside the white-matter prior: T1 (CSF < GM < WM, GM and
     WM close) and a T1c-like channel on which the lesion enhances strongly."""
