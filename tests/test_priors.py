@@ -116,6 +116,54 @@ def test_prior_em_uses_the_priors_where_intensities_overlap():
     assert np.allclose(spatial["alpha"].sum(), 1.0)
 
 
+def _prior_em_reference(x, pri, means, covs, weight, atypical, sw, n_iter):
+    """The class mixture's EM written out in numpy (scipy's densities), for parity."""
+    from scipy.stats import multivariate_normal
+
+    q = spatial_factor(pri, weight).astype(np.float64)
+    means, covs = [np.array(m, np.float64) for m in means], [np.array(c, np.float64) for c in covs]
+    if atypical is not None:
+        q = np.concatenate([q, np.ones((len(x), 1))], axis=1)
+        means.append(atypical[0])
+        covs.append(atypical[1])
+    k = len(means)
+    alpha = np.full(k, 1.0 / k)
+    for _ in range(n_iter):
+        dens = np.stack([multivariate_normal(means[c], covs[c]).pdf(x) for c in range(k)], axis=1)
+        joint = dens * alpha * q
+        resp = joint / joint.sum(axis=1, keepdims=True)
+        ll = np.sum(sw * np.log(joint.sum(axis=1) / (q * alpha).sum(axis=1))) / sw.sum()
+        rw = resp * sw[:, None]
+        nk = rw.sum(axis=0)
+        means = [rw[:, c] @ x / nk[c] for c in range(k)]
+        covs = [((x - means[c]).T * rw[:, c]) @ (x - means[c]) / nk[c] + 1e-6 * np.eye(x.shape[1])
+                for c in range(k)]
+        alpha = nk / (sw[:, None] * q / (q * alpha).sum(axis=1, keepdims=True)).sum(axis=0)
+        alpha /= alpha.sum()
+    return resp, ll, np.array(means), np.array(covs), alpha
+
+
+@pytest.mark.parametrize("atypical", [False, True])
+def test_prior_em_kernels_match_the_em_written_out(atypical):
+    """The compiled E-step and covariance passes give the textbook EM's numbers (weighted
+    samples, spatial priors, with and without the atypical class), for any number of chunks."""
+    rng = np.random.default_rng(7)
+    true, pri = _three_regions(5000, seed=2)
+    mu = np.array([[-2.0, 1.5], [0.0, 0.3], [1.0, -0.5]])
+    x = mu[true] + rng.normal(0, 0.5, (true.size, 2))
+    sw = rng.uniform(0.5, 2.0, true.size)
+    m0, c0 = mu + 0.2, np.stack([np.eye(2) * 0.4] * 3)
+    atyp = (np.array([0.0, 0.0]), np.eye(2) * 4.0) if atypical else None
+    fit = prior_em(x, pri, m0, c0, 0.6, atypical=atyp, sample_weight=sw, max_iter=7, tol=0.0)
+    resp, ll, means, covs, alpha = _prior_em_reference(x, pri, m0, c0, 0.6, atyp, sw, 7)
+    assert fit["n_iter"] == 7
+    assert np.allclose(fit["resp"], resp, atol=1e-10)
+    assert np.isclose(fit["log_likelihood"], ll, rtol=1e-10)
+    assert np.allclose(fit["means"], means[:3], atol=1e-10)
+    assert np.allclose(fit["covariances"], covs[:3], atol=1e-10)
+    assert np.allclose(fit["alpha"], alpha, atol=1e-12)
+
+
 def test_pipeline_naming_follows_the_priors_when_the_contrast_rule_is_wrong():
     """A FLAIR-like channel with GM darker than WM (the contrast rule expects the opposite):
     the priors put the classes where they live, and the run says so in a flag."""

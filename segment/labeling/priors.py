@@ -23,8 +23,10 @@ why they enter with a weight and never decide a voxel alone.
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
+from numba import njit, prange
 
 __all__ = [
     "warp_tissue_priors",
@@ -280,28 +282,25 @@ def prior_em(
         covs = np.concatenate([covs, np.asarray(atypical[1], np.float64).reshape(1, d, d)])
     alpha = np.full(k, 1.0 / k)
     eye = np.eye(d) * reg_covar
+    logq = np.log(q)
     prev = -np.inf
     resp = np.full((n, k), 1.0 / k)
+    winv = np.empty((k, d, d))
+    logc = np.empty(k)
     it = 0
     ll = prev
     for it in range(1, max_iter + 1):
-        logl = np.stack([_logpdf(x, means[c], covs[c]) for c in range(k)], axis=1)
-        logp = logl + np.log(alpha)[None, :] + np.log(q)
-        mx = logp.max(axis=1, keepdims=True)
-        e = np.exp(logp - mx)
-        s = e.sum(axis=1, keepdims=True)
-        resp = e / s
-        # normalising the spatial weights: sum_c alpha_c q_ic per voxel
-        norm = (q * alpha[None, :]).sum(axis=1, keepdims=True)
-        ll = float(np.sum(sw * (np.log(s[:, 0]) + mx[:, 0] - np.log(norm[:, 0]))) / sw.sum())
-        rw = resp * sw[:, None]
-        nk = rw.sum(axis=0) + 1e-12
-        means = (rw.T @ x) / nk[:, None]
         for c in range(k):
-            diff = x - means[c]
-            covs[c] = (rw[:, c, None] * diff).T @ diff / nk[c] + eye
+            chol = np.linalg.cholesky(covs[c])
+            winv[c] = np.linalg.inv(chol)
+            logc[c] = -0.5 * d * np.log(2 * np.pi) - np.sum(np.log(np.diag(chol)))
+        # E-step, log-likelihood, responsibilities' sums and SPM's alpha denominator in one pass
+        ll, nk, sx, denom = _prior_e_step(x, q, logq, np.log(alpha), alpha, means, winv, logc, sw, resp)
+        ll /= sw.sum()
+        nk += 1e-12
+        means = sx / nk[:, None]
+        covs = _prior_covariances(x, resp, sw, means) / nk[:, None, None] + eye
         # SPM's update of the mixing proportions under spatial priors
-        denom = (sw[:, None] * q / norm).sum(axis=0)
         alpha = nk / np.maximum(denom, 1e-12)
         alpha /= alpha.sum()
         if abs(ll - prev) < tol:
@@ -314,6 +313,104 @@ def prior_em(
             "atypical_mean": means[3] if k == 4 else None,
             "atypical_covariance": covs[3] if k == 4 else None}
 
+
+#: Rows per chunk of the class mixture's parallel passes (fixed: the sums do not depend on the
+#: number of threads).
+EM_CHUNK = 2048
+
+
+@njit(parallel=True, cache=True)
+def _prior_e_step(x, q, logq, log_alpha, alpha, means, winv, logc, sw, resp):
+    """One E-step of :func:`prior_em` over the rows of ``x``.
+
+    Writes the responsibilities into ``resp``; returns the weighted log-likelihood sum, the
+    classes' weighted responsibility sums ``nk`` and first moments ``sx``, and SPM's alpha
+    denominator ``sum_i sw_i q_ic / sum_c alpha_c q_ic``. Chunks of ``EM_CHUNK`` rows sum into
+    their own rows, merged in chunk order: the same result for any number of threads.
+    """
+    n, d = x.shape
+    k = means.shape[0]
+    n_chunks = (n + EM_CHUNK - 1) // EM_CHUNK
+    acc = np.zeros((n_chunks, k * (d + 2) + 1))
+    for ch in prange(n_chunks):
+        lp = np.empty(k)
+        diff = np.empty(d)
+        row = acc[ch]
+        for i in range(ch * EM_CHUNK, min(n, (ch + 1) * EM_CHUNK)):
+            mx = -np.inf
+            for c in range(k):
+                for b in range(d):
+                    diff[b] = x[i, b] - means[c, b]
+                qq = 0.0
+                for a in range(d):
+                    z = 0.0
+                    for b in range(a + 1):
+                        z += winv[c, a, b] * diff[b]
+                    qq += z * z
+                v = -0.5 * qq + logc[c] + log_alpha[c] + logq[i, c]
+                lp[c] = v
+                if v > mx:
+                    mx = v
+            s = 0.0
+            nrm = 0.0
+            for c in range(k):
+                e = math.exp(lp[c] - mx)
+                lp[c] = e
+                s += e
+                nrm += alpha[c] * q[i, c]
+            w = sw[i]
+            row[0] += w * (math.log(s) + mx - math.log(nrm))
+            for c in range(k):
+                r = lp[c] / s
+                resp[i, c] = r
+                rw = r * w
+                o = 1 + c * (d + 2)
+                row[o] += rw
+                for b in range(d):
+                    row[o + 1 + b] += rw * x[i, b]
+                row[o + 1 + d] += w * q[i, c] / nrm
+    tot = np.zeros(k * (d + 2) + 1)
+    for ch in range(n_chunks):
+        tot += acc[ch]
+    nk = np.empty(k)
+    sx = np.empty((k, d))
+    denom = np.empty(k)
+    for c in range(k):
+        o = 1 + c * (d + 2)
+        nk[c] = tot[o]
+        sx[c] = tot[o + 1:o + 1 + d]
+        denom[c] = tot[o + 1 + d]
+    return tot[0], nk, sx, denom
+
+
+@njit(parallel=True, cache=True)
+def _prior_covariances(x, resp, sw, means):
+    """``sum_i sw_i resp_ic (x_i - mu_c)(x_i - mu_c)^T`` per class, shape (k, d, d) (chunks as in
+    :func:`_prior_e_step`)."""
+    n, d = x.shape
+    k = means.shape[0]
+    n_chunks = (n + EM_CHUNK - 1) // EM_CHUNK
+    acc = np.zeros((n_chunks, k, d, d))
+    for ch in prange(n_chunks):
+        diff = np.empty(d)
+        out = acc[ch]
+        for i in range(ch * EM_CHUNK, min(n, (ch + 1) * EM_CHUNK)):
+            for c in range(k):
+                rw = resp[i, c] * sw[i]
+                for b in range(d):
+                    diff[b] = x[i, b] - means[c, b]
+                for a in range(d):
+                    ra = rw * diff[a]
+                    for b in range(a + 1):
+                        out[c, a, b] += ra * diff[b]
+    out = np.zeros((k, d, d))
+    for ch in range(n_chunks):
+        out += acc[ch]
+    for c in range(k):
+        for a in range(d):
+            for b in range(a):
+                out[c, b, a] = out[c, a, b]
+    return out
 
 def class_posteriors(x: np.ndarray, priors: np.ndarray, fit: dict[str, np.ndarray], weight: float,
                      chunk: int = 500_000) -> np.ndarray:
