@@ -89,6 +89,8 @@ def main() -> int:
                 res = segment_tumor(f, m, sp, config=tcfg, seed=config.seed)
                 e = evaluate_brats(res.labels, g, sp)
                 row[key] = (e["dice_WT"], e["dice_TC"], e["dice_ET"], time.perf_counter() - t)
+                if key == "defaults":  # an empty or doubtful result must say so: the QC flags of the run
+                    row["flags"] = "; ".join(res.info.get("flags", [])) or "-"
             rows.append(row)
             print(cdir.name, name, " | ".join(f"{k} {row[k][0]:.3f}/{row[k][1]:.3f}/{row[k][2]:.3f}" for k, _ in runs),
                   flush=True)
@@ -97,6 +99,8 @@ def main() -> int:
     if args.baseline:
         head += f" baseline `{args.baseline}` |"
         sep += "---|"
+    head += " QC flags (defaults) |"
+    sep += "---|"
     lines = [TITLE, "",
              f"Command: `python scripts/robustness_tumor.py{' --baseline ' + repr(args.baseline) if args.baseline else ''}"
              " --write`. FLAIR + T1c of the BRATS 2013 manual cases, degraded (slices averaged along the axial axis, the "
@@ -104,6 +108,7 @@ def main() -> int:
              "", head, sep]
     for r in rows:
         cells = [f"{r['case']}", r["variant"]] + [f"{r[k][0]:.3f} / {r[k][1]:.3f} / {r[k][2]:.3f}" for k, _ in runs]
+        cells.append(r["flags"])
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     print(text)

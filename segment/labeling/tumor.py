@@ -635,7 +635,8 @@ def _signature_init(f, m, reach, seeds, healthy, mods, cfg, spacing, et_reach):
         init["ET"] = enh & out & et_reach
         # the core: T1c-dark outliers that are not CSF, or whatever the enhancing voxels enclose
         # and is darker on T1c than grey matter (a fluid cyst is CSF-like, so it is no outlier of the healthy classes)
-        enclosed = enclosed_core(remove_small(init["ET"], cfg.min_et_mm3, float(np.prod(spacing))), m, spacing,
+        vv = float(np.prod(spacing))
+        enclosed = enclosed_core(remove_small(init["ET"], cfg.min_et_mm3, vv), m, spacing,
                                  cfg.core_close_mm, cfg.core_cap_mm) & reach
         init["NCR"] = ((dark & notcsf & out) | enclosed) & ~enh
         tcls += ["ET", "NCR"]
@@ -660,5 +661,10 @@ def _signature_init(f, m, reach, seeds, healthy, mods, cfg, spacing, et_reach):
         gate["NCR"] = _sig(-f["t1c"], -(H[GM_, jc] - 0.5 * sd[GM_, jc]), 0.5 * sd[GM_, jc])
         if "flair" in j:  # not enclosed, a core is not CSF-like: FLAIR above healthy CSF (as its start)
             jf = j["flair"]
-            gate["NCR"] *= _sig(f["flair"], H[CSF_, jf] + 3.0 * sd[CSF_, jf], 0.5 * sd[CSF_, jf])
+            csf_top = _sig(f["flair"], H[CSF_, jf] + 3.0 * sd[CSF_, jf], 0.5 * sd[CSF_, jf])
+            gate["NCR"] *= csf_top
+            # enhancing tumor is FLAIR-bright too (it sits in the lesion's FLAIR signal); the healthy enhancing
+            # structures (choroid plexus, dural sinuses, vessels) lie in CSF and are FLAIR-dark: without this the ET
+            # class can settle on them when the reach around the seeds is wide, and the surround rule drops it
+            gate["ET"] = gate["ET"] * csf_top
     return init, [c for c in TUMOR_LABELS.values() if c in tcls], gate

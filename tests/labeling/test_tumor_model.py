@@ -431,3 +431,35 @@ def test_a_tumor_just_under_the_seed_threshold_is_flagged():
     quiet = segment_tumor(f2, ph.brain_mask, ph.spacing, config=cfg)
     assert not quiet.labels.any()
     assert not any("just under the seed threshold" in s for s in quiet.info["flags"])
+
+
+def test_enhancing_gate_excludes_flair_dark_enhancement():
+    """Bug (BRATS 2013 pat0005 with the detector's seed threshold at 2.8 instead of 3: ET Dice 0.76 -> 0;
+    tcia_raw: the enhancing class on a 0.1 mL FLAIR-dark vessel, the tumor's enhancing ring edema). The
+    enhancing class's gate looked at T1c alone, so FLAIR-dark enhancing structures in CSF (vessels,
+    sinuses, choroid plexus) were as open to it as the tumor's FLAIR-bright enhancing rim. The gate now
+    also asks FLAIR above healthy CSF, as the core's does."""
+    from segment.labeling.tumor import _signature_init
+
+    # healthy classes on (t1c, flair): CSF dark on both, GM and WM mid; one voxel type per column
+    means = np.array([[-1.8, -1.8], [-0.3, 0.3], [0.4, -0.3]])
+    covs = np.stack([np.diag([0.25, 0.25])] * 3)
+    healthy = {"means": means, "covs": covs}
+    shape = (8, 8, 8)
+    t1c = np.zeros(shape, np.float32)
+    flair = np.zeros(shape, np.float32)
+    t1c[:4] = 4.0    # strongly enhancing
+    flair[:2] = -1.8  # ... and as dark on FLAIR as CSF: a vessel in a sulcus
+    flair[2:4] = 3.5  # ... and FLAIR-bright: the tumor's enhancing rim
+    flair[4:] = 3.5   # edema
+    m = np.ones(shape, bool)
+    init, classes, gate = _signature_init({"t1c": t1c, "flair": flair}, m, m, m, healthy, ["t1c", "flair"],
+                                          TumorConfig(), (1.0, 1.0, 1.0), m)
+    assert set(classes) == {"NCR", "ED", "ET"}
+    assert gate["ET"][:2].max() < 0.01     # FLAIR-dark enhancement: closed to the enhancing class
+    assert gate["ET"][2:4].min() > 0.99    # FLAIR-bright enhancement: open
+    assert gate["ET"][4:].max() < 0.01     # not enhancing: closed
+    # and without FLAIR the gate is T1c's alone (the subset T1c + T1 keeps its enhancing class)
+    _, _, gate1 = _signature_init({"t1c": t1c}, m, m, m, {"means": means[:, :1], "covs": covs[:, :1, :1]},
+                                  ["t1c"], TumorConfig(), (1.0, 1.0, 1.0), m)
+    assert gate1["ET"][:4].min() > 0.99
