@@ -74,9 +74,11 @@ tumor's body makes up a third of the brain around it, and they are gone (ET 37 -
 FLAIR-bright band along the left occipital horn, as ED.
 """,
     "tcia_raw": """
-**What the overlays show.** The ring-enhancing frontal lesion (axial 14-19; patient's left) is found as ED, its
-FLAIR-bright rim and darker centre included; its enhancing ring (5.5 mm slices) is not labelled ET, so TC is missed.
-The ET that ran along the lateral cortical surface next to the lesion (axial 10-19: dura, vessels and the edge of the
+**What the overlays show.** The ring-enhancing frontal lesion (axial 14-19; patient's right) is found: its enhancing
+ring is ET (2.6 mL; before the enhancing class was gated to FLAIR above healthy CSF on 2026-12-06 the ring was edema
+and the only ET was a 0.1 mL FLAIR-dark vessel), its darker centre NCR, the FLAIR-bright surroundings ED. Questionable:
+the thin ED band along the lateral ventricle's wall (axial 16-18), a periventricular FLAIR hyperintensity the tumor
+reaches, which a rater may or may not count as edema. The ET that ran along the lateral cortical surface next to the lesion (axial 10-19: dura, vessels and the edge of the
 estimated brain mask; 4.2 mL) is gone: healthy tissue, not the tumor, surrounds it. The necrosis-like sheets there
 are no NCR either (a thin necrotic-looking sheet away from the enhancing tumor is edema).
 """,
@@ -91,14 +93,18 @@ per-voxel healthy priors accepted, flat here), with T1c a fourth healthy class f
 structures (vessels, choroid plexus, dura: the enhancing outliers of CSF/GM/WM away from the tumor), and tumor classes
 ED/ET/NCR started from their signature voxels and fitted by EM within 60 mm of the lesions (ET within 50 mm), with a
 latent tumor prior (0.5 at start, then the smoothed tumor posterior), soft
-signature gates (ED: FLAIR 1 GM-SD above GM; ET: T1c, or T1c - T1, 1.5 healthy SDs above GM and WM; NCR: T1c below GM),
+signature gates (ED: FLAIR 1 GM-SD above GM; ET: T1c, or T1c - T1, 1.5 healthy SDs above GM and WM, and FLAIR
+above healthy CSF, so FLAIR-dark vessels, sinuses and choroid plexus are no ET; NCR: T1c below GM),
 a red-black mean-field Potts MRF, local proportions of the tumor classes (their smoothed posteriors, sigma 10 mm, half
 of each class's weight, rescaled so that tumor vs healthy stays the latent prior's), a CSF/edema partial-volume class
 (mean half-way, prior only next to both CSF and edema; its voxels are no tumor), and a second round in which the core
 enclosed by ET (ET closed by a 5 mm ball, the rim closed by the brain surface where it reaches it; a section of a
 ventricle cut off by the closing is not enclosed) may only be ET or NCR, thick blobs enclosed by the
 tumor only tumor, and enhancing islands the tumor does not surround (under a third of the brain around them is tumor:
-vessels, falx, dura) no ET. Names are checked by signature after the fit (`name_tumor_classes`).
+vessels, falx, dura) no ET. Last, the edge layer (`edge_mm`, 1 mm): the voxels within 1 mm of the whole tumor that
+are FLAIR-brighter than healthy grey matter (mean + 1 SD) are edema, the fading outline of the hyperintensity that a
+rater's outline includes and the argmax gives to grey or white matter; along an axis coarser than 1 mm there is no
+layer (the fade is inside the voxel). Names are checked by signature after the fit (`name_tumor_classes`).
 
 ## Limitations and what is not done
 
@@ -130,6 +136,15 @@ vessels, falx, dura) no ET. Names are checked by signature after the fit (`name_
 - On phantoms with FLAIR-dark enhancing balls placed 30-60 mm from a weakly enhancing tumor (T1c robust z 1.4),
   the enhancing class is still captured or not started on 3 of 4 seeds: the structures widen the healthy classes'
   T1c spread, so the tumor's enhancement is no outlier; only seed 1 is rescued (tests/labeling/test_tumor_model.py).
+- The edge layer (`edge_mm`), measured 2026-12-06 on the two manual cases: 66 % of the WT false negatives lay within
+  2 mm of the predicted outline, at FLAIR robust z 0.6-0.7 (healthy grey matter 0.2 +- 0.6). The 1 mm layer brightened
+  above grey matter's mean + 1 SD gives WT 0.827 -> 0.853 (pat0005) and 0.888 -> 0.900 (pat0006), TC and ET unchanged.
+  The threshold grid (mean + c SD): c = 0 gives 0.863 / 0.905 but costs the phantoms 0.02-0.07 WT (healthy grey
+  matter taken), c = 1.5 gives 0.840 / 0.893; c = 1 is about neutral on phantoms. A layer one voxel deep at any
+  voxel size broke the 2 and 4 mm phantoms (standard WT 0.94 -> 0.90, FLAIR-only 0.96 -> 0.94): a coarse voxel already
+  averages the fade, so the layer is a width in mm and the 2 mm phantoms have none. A layer asking for FLAIR 2 SD
+  above the voxel's own healthy class lost the gain (0.830 / 0.888), posterior thresholds did not help. These numbers
+  come from two cases; the held-out WT bar (0.88) is what says whether they hold.
 - The healthy classes take spatial priors (`healthy_prior`), but the pipeline does not pass atlas priors yet.
 """
 

@@ -206,6 +206,11 @@ class TumorConfig(_Strict):
         -1.0, ge=-10, le=5, description="filled holes darker than this on FLAIR are CSF, never tumor"
     )
     min_island_mm3: float = Field(100.0, ge=0, description="WT islands smaller than this (mm^3) are removed")
+    edge_mm: float = Field(
+        1.0, ge=0, le=5, description="the layer this deep (mm) around the whole tumor that is FLAIR-brighter than "
+        "healthy grey matter (mean + 1 SD) is edema: the fading outline of the edema, which manual outlines include "
+        "(0 disables; voxels coarser than this have the fade inside them)"
+    )
     # enhancing tumor and necrosis (need T1c)
     et_smooth_mm: float = Field(0.0, ge=0, le=5, description="Gaussian sigma (mm) of the enhancement map")
     et_margin_mm: float = Field(3.0, ge=0, le=30, description="ET is searched in WT grown by this margin (mm)")

@@ -459,6 +459,8 @@ def segment_tumor(
     healthy = fit_healthy(Xh, hmods, seed=seed)
     healthy["modalities"] = hmods
     info["healthy_means"] = {c: [round(float(x), 3) for x in healthy["means"][j]] for j, c in enumerate(HEALTHY)}
+    info["healthy_sds"] = {c: [round(float(np.sqrt(x)), 3) for x in np.diag(healthy["covs"][j])]
+                           for j, c in enumerate(HEALTHY)}
     if cfg.healthy_enhancing:
         ves = fit_healthy_enhancing(Xh, healthy, hmods, min_count=max(50, int(round(cfg.min_et_mm3 / vv))))
         if ves is not None:
@@ -543,6 +545,17 @@ def segment_tumor(
             wt &= ~stray
     else:
         ncr = np.zeros_like(wt)
+    if cfg.edge_mm > 0 and wt.any():
+        # the voxels at the tumor's outline that are brighter on FLAIR than healthy grey matter (its mean
+        # plus one SD; the brighter healthy parenchyma) are mixed with the edema, whose signal fades over a
+        # millimetre or two: the argmax gives them to grey or white matter, a rater's outline of the
+        # hyperintensity includes them. The fade is a width in mm: a voxel coarser than it holds the fade
+        # and is labelled by its mean (no layer along that axis)
+        jf = hmods.index("flair")
+        top = float(healthy["means"][1][jf] + np.sqrt(healthy["covs"][1][jf, jf]))
+        layer = dilate_mm(wt, cfg.edge_mm, spacing) & inb & ~wt & (f["flair"][mb] > top)
+        wt |= layer
+        info["edge_layer_ml"] = round(float(np.count_nonzero(layer) * vv / 1000.0), 3)
     sub_lab = np.zeros(inb.shape, np.uint8)
     sub_lab[wt] = ED
     sub_lab[ncr] = NCR
