@@ -211,6 +211,11 @@ class TumorConfig(_Strict):
         "healthy grey matter (mean + 1 SD) is edema: the fading outline of the edema, which manual outlines include "
         "(0 disables; voxels coarser than this have the fade inside them)"
     )
+    core_edge: bool = Field(
+        True, description="with T1c: the same layer (edge_mm) at the outlines of the enhancing tumor and the core "
+        "inside the whole tumor: edema voxels next to ET with T1c above the edema's mean + 1 SD are ET, next to "
+        "the core with T1c or FLAIR below its mean - 1 SD are core (raters outline each nested region outside)"
+    )
     # enhancing tumor and necrosis (need T1c)
     et_smooth_mm: float = Field(0.0, ge=0, le=5, description="Gaussian sigma (mm) of the enhancement map")
     et_margin_mm: float = Field(3.0, ge=0, le=30, description="ET is searched in WT grown by this margin (mm)")

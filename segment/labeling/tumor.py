@@ -556,6 +556,9 @@ def segment_tumor(
         layer = dilate_mm(wt, cfg.edge_mm, spacing) & inb & ~wt & (f["flair"][mb] > top)
         wt |= layer
         info["edge_layer_ml"] = round(float(np.count_nonzero(layer) * vv / 1000.0), 3)
+    if cfg.edge_mm > 0 and cfg.core_edge and "t1c" in f and (et.any() or ncr.any()):
+        et, ncr, core_layers = _core_edge_layers(f, wt, ncr, et, inb, mb, spacing, cfg.edge_mm)
+        info["core_edge_ml"] = {k: round(float(v * vv / 1000.0), 3) for k, v in core_layers.items()}
     sub_lab = np.zeros(inb.shape, np.uint8)
     sub_lab[wt] = ED
     sub_lab[ncr] = NCR
@@ -593,6 +596,45 @@ def segment_tumor(
         probs["entropy"] = ent
         return _finish(labels, probs)
     return _finish(labels)
+
+
+def _core_edge_layers(f, wt, ncr, et, inb, mb, spacing, edge_mm):
+    """The outlines of the nested regions inside the whole tumor: the enhancing tumor and the core.
+
+    As at the whole tumor's outline (``edge_mm``), a voxel at the interface of two regions mixes
+    them, and a rater outlines each region (ET inside TC inside WT) on its outer edge; the argmax
+    gives the mixed voxel to the outer class. Here the outer class is the edema, and a voxel
+    within ``edge_mm`` of a region joins it when it carries that region's signal beyond the
+    edema's spread (its mean + / - one SD over the voxels labelled edema):
+
+    * enhancing tumor: edema or core voxels next to ET whose T1c is above the edema's;
+    * the core (NCR): edema voxels next to the necrotic / non-enhancing core whose T1c or FLAIR
+      is below the edema's (the core is T1c-dark; a cyst or necrosis FLAIR-darker too).
+
+    An axis coarser than ``edge_mm`` has no layer (:func:`dilate_mm`). Returns the new ``et``,
+    ``ncr`` and the voxel counts of the two layers.
+    """
+    ed = wt & ~ncr & ~et
+    counts = {"ET": 0, "NCR": 0}
+    if np.count_nonzero(ed) < 10:
+        return et, ncr, counts
+    c = f["t1c"][mb]
+    mc, sc = float(c[ed].mean()), float(c[ed].std())
+    layer = dilate_mm(et, edge_mm, spacing) & inb & wt & ~et & (c > mc + sc)
+    et = et | layer
+    ncr = ncr & ~layer
+    counts["ET"] = int(np.count_nonzero(layer))
+    if ncr.any():
+        ed = wt & ~ncr & ~et
+        dark = c < mc - sc
+        if "flair" in f:
+            fl = f["flair"][mb]
+            e0 = wt & ~ncr & ~et & ~layer
+            dark |= fl < float(fl[e0].mean()) - float(fl[e0].std())
+        nl = dilate_mm(ncr, edge_mm, spacing) & inb & ed & dark
+        ncr = ncr | nl
+        counts["NCR"] = int(np.count_nonzero(nl))
+    return et, ncr, counts
 
 
 @njit(parallel=True, cache=True)
