@@ -184,6 +184,12 @@ class TumorConfig(_Strict):
     seed_z: float = Field(
         3.0, ge=1, le=10, description="smoothed FLAIR above this robust z is a tumor seed (healthy brain stays below)"
     )
+    seed_sd: float = Field(
+        5.0, ge=1, le=20, description="... or this many of the smoothed FLAIR's own robust SDs above its median, "
+        "whichever is lower (healthy brain stays below both; noise widens the raw spread that robust z divides by, "
+        "not the smoothed image's, so a noisy scan's lesion still passes; a large lesion widens the smoothed "
+        "spread, not the raw z)"
+    )
     open_mm: float = Field(2.0, ge=0, le=10, description="opening radius (mm) removing thin bright rims from the seeds")
     min_tumor_ml: float = Field(1.0, ge=0, le=100, description="smallest lesion (mL of opened seeds) called a tumor")
     min_lesion_t2_z: float = Field(

@@ -9,13 +9,16 @@ signature, never by a component's index. The seed only draws the subsample of he
 Steps (all sizes in millimetres, so they hold at any voxel size):
 
 1. **Detection (does a tumor exist?).** FLAIR is smoothed (``detect_smooth_mm``, normalised
-   inside the brain mask). Seeds are voxels with smoothed FLAIR above ``seed_z`` (robust z; a
-   healthy brain's FLAIR, grey matter included, stays below it), opened with a ball of
+   inside the brain mask). Seeds are voxels with smoothed FLAIR above ``seed_z`` (robust z) or
+   above ``seed_sd`` of the smoothed image's own robust SDs over its median, whichever is lower
+   (a healthy brain's FLAIR, grey matter included, stays below both; noise widens the raw spread
+   every robust z is divided by, which the smoothed image does not see, and a large lesion widens
+   the smoothed spread, which the raw z does not), opened with a ball of
    ``open_mm`` so thin bright rims vanish, and grouped into 26-connected lesions. A lesion counts
    only if it is at least ``min_tumor_ml``, does not lie mostly on the brain surface
    (``max_surface_fraction``) and, with T2, is T2-bright. No lesion: empty labels. This is why a
    healthy brain comes back empty. A near miss (at least ``min_tumor_ml`` off the surface shell
-   with smoothed FLAIR within ``NEAR_MISS_Z`` under ``seed_z``) is a QC flag, not a detection.
+   with smoothed FLAIR above ``NEAR_MISS`` of the seed threshold) is a QC flag, not a detection.
 2. **Joint mixture** (:mod:`segment.labeling.tumor_model`). Healthy CSF/GM/WM Gaussians over all
    modalities present are fitted (trimmed EM) on the brain farther than ``healthy_margin_mm`` from
    every lesion (the whole brain when that leaves less than a fifth of it); with T1c a fourth
@@ -88,8 +91,9 @@ NCR, ED, ET = 1, 2, 3
 TUMOR_LABELS: dict[int, str] = {NCR: "NCR", ED: "ED", ET: "ET"}
 _REGIONS = ("WT", "TC", "ET")
 _FULL = ndi.generate_binary_structure(3, 3)
-#: How far under the seed threshold (robust z) a FLAIR-bright region is flagged as a near miss.
-NEAR_MISS_Z = 0.5
+#: A FLAIR-bright region above this fraction of the seed threshold's height over the median is a near miss
+#: (2.5 of 3 robust z).
+NEAR_MISS = 5.0 / 6.0
 #: Least share of the brain beyond healthy_margin_mm the healthy classes are fitted on (else the whole brain).
 HEALTHY_FIT_SHARE = 0.2
 
@@ -384,7 +388,16 @@ def segment_tumor(
     sig_det = [max(cfg.detect_smooth_mm, 0.75 * sp) for sp in spacing]
     fd = _smooth_aniso(f["flair"], m, sig_det, spacing)
     r_open = max(cfg.open_mm, 1.01 * min(spacing))
-    cand = (fd > cfg.seed_z) & m
+    # two scales a healthy brain stays under, the lower threshold wins: robust z (the normalised
+    # image's spread, which noise widens: a noisy scan's lesion falls under it, BRATS 2013 pat0005
+    # with noise of 0.5 z) and the smoothed image's own spread over the brain (median and MAD; the
+    # smoothing has removed the noise, but a large lesion widens it: pat0006)
+    fv = fd[m]
+    f_med = float(np.median(fv)) if fv.size else 0.0
+    f_sd = float(1.4826 * np.median(np.abs(fv - f_med))) if fv.size else 0.0
+    seed_thr = min(cfg.seed_z, f_med + cfg.seed_sd * max(f_sd, 1e-6))
+    info["seed_threshold_z"] = round(seed_thr, 3)
+    cand = (fd > seed_thr) & m
     cand = remove_small(cand, cfg.min_tumor_ml * 1000.0, vv)  # opening only shrinks: skip the small
     cand = dilate_mm(erode_mm(cand, r_open, spacing), r_open, spacing) & cand
     lab, n = ndi.label(cand, structure=_FULL)
@@ -421,13 +434,15 @@ def segment_tumor(
     info["lesions"] = lesion_info
     if not lesions:
         info["decision"] = (
-            f"no tumor: no FLAIR-hyperintense region (smoothed robust z > {cfg.seed_z:g}, opened by "
+            f"no tumor: no FLAIR-hyperintense region (smoothed robust z > {seed_thr:.2f}: {cfg.seed_z:g}, or "
+            f"{cfg.seed_sd:g} of its SDs over its median if lower; opened by "
             f"{cfg.open_mm:g} mm) of at least {cfg.min_tumor_ml:g} mL, off the brain surface"
             + (" and bright on T2" if "t2" in f else "")
         )
         # a near miss is flagged: a mildly FLAIR-bright glioma (or one in a noisy scan) can fall
         # just under the seed threshold, and an empty result must not look like a confident one
-        near = (fd > cfg.seed_z - NEAR_MISS_Z) & m
+        near_thr = f_med + NEAR_MISS * (seed_thr - f_med)
+        near = (fd > near_thr) & m
         near = remove_small(near, cfg.min_tumor_ml * 1000.0, vv)
         if near.any():  # off the brain surface shell, as the seeds
             near &= squared_distance_to(~m, spacing) > cfg.surface_mm ** 2
@@ -437,7 +452,7 @@ def segment_tumor(
             ml = float(np.count_nonzero(near) * vv / 1000.0)
             info["flags"].append(
                 f"no tumor found, but {ml:.1f} mL of the brain is FLAIR-bright just under the seed threshold "
-                f"(smoothed robust z > {cfg.seed_z - NEAR_MISS_Z:g}, not > {cfg.seed_z:g}): check for a mildly "
+                f"(smoothed robust z > {near_thr:.2f}, not > {seed_thr:.2f}): check for a mildly "
                 "FLAIR-bright tumor"
             )
             info["near_miss_ml"] = round(ml, 3)
