@@ -395,7 +395,8 @@ def segment_tumor(
     fv = fd[m]
     f_med = float(np.median(fv)) if fv.size else 0.0
     f_sd = float(1.4826 * np.median(np.abs(fv - f_med))) if fv.size else 0.0
-    seed_thr = min(cfg.seed_z, f_med + cfg.seed_sd * max(f_sd, 1e-6))
+    # (a smoothed FLAIR with no spread, a constant or near-constant image, has no second scale)
+    seed_thr = min(cfg.seed_z, f_med + cfg.seed_sd * f_sd) if f_sd > 1e-3 else cfg.seed_z
     info["seed_threshold_z"] = round(seed_thr, 3)
     cand = (fd > seed_thr) & m
     cand = remove_small(cand, cfg.min_tumor_ml * 1000.0, vv)  # opening only shrinks: skip the small
@@ -639,13 +640,12 @@ def _core_edge_layers(f, wt, ncr, et, inb, mb, spacing, edge_mm):
     et = et | layer
     ncr = ncr & ~layer
     counts["ET"] = int(np.count_nonzero(layer))
-    if ncr.any():
-        ed = wt & ~ncr & ~et
+    ed = wt & ~ncr & ~et
+    if ncr.any() and np.count_nonzero(ed) >= 10:
         dark = c < mc - sc
         if "flair" in f:
             fl = f["flair"][mb]
-            e0 = wt & ~ncr & ~et & ~layer
-            dark |= fl < float(fl[e0].mean()) - float(fl[e0].std())
+            dark |= fl < float(fl[ed].mean()) - float(fl[ed].std())
         nl = dilate_mm(ncr, edge_mm, spacing) & inb & ed & dark
         ncr = ncr | nl
         counts["NCR"] = int(np.count_nonzero(nl))
