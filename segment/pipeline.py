@@ -454,7 +454,8 @@ def fit_tissue_mixture(
         # took a third of the grey (GM/WM Dice 0.65 / 0.72); each mean stayed within 2 SD
         shift = boundary_shift(np.asarray(means0), pv.means_)
         moved = abs(shift) > PV_MAX_SHIFT
-        accepted = not pv.drifted_ and float(pv.drift_.max()) <= PV_MAX_DRIFT and not collapsed and not moved
+        drifted = bool(pv.drifted_ or float(pv.drift_.max()) > PV_MAX_DRIFT)
+        accepted = not (drifted or collapsed or moved)
         info["partial_volume"] = {
             "noise": mc.pv_noise,
             "n_iter": int(pv.n_iter_),
@@ -468,16 +469,16 @@ def fit_tissue_mixture(
         if accepted:
             probs = pv.predict_fractions(predict_x)
         else:
-            if collapsed and not (pv.drifted_ or float(pv.drift_.max()) > PV_MAX_DRIFT):
+            if drifted:
+                msg = (f"partial-volume model fell back to the plain mixture (pure means drifted "
+                       f"{max(info['partial_volume']['drift_sd']):.1f} SD > {PV_MAX_DRIFT:g})")
+            elif collapsed:
                 c = int(np.argmax(kept))
                 msg = (f"partial-volume model fell back to the plain mixture (pure {TISSUE_LABELS[c + 1]} took "
                        f"{kept[c]:.2f}x the voxels of its plain-mixture class > {PV_MAX_GAIN:g}x)")
-            elif moved and not (pv.drifted_ or float(pv.drift_.max()) > PV_MAX_DRIFT):
+            else:
                 msg = (f"partial-volume model fell back to the plain mixture (it moved the GM/WM boundary by "
                        f"{shift:+.2f} of the GM-WM contrast, more than {PV_MAX_SHIFT:g}: high noise)")
-            else:
-                msg = (f"partial-volume model fell back to the plain mixture (pure means drifted "
-                       f"{max(info['partial_volume']['drift_sd']):.1f} SD > {PV_MAX_DRIFT:g})")
             log.warning(msg)
             info.setdefault("flags", []).append(msg)
             probs = None if prior_fit is not None else class_probabilities(gmm.predict_proba(predict_x), classes)

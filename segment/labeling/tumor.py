@@ -392,9 +392,9 @@ def segment_tumor(
     # image's spread, which noise widens: a noisy scan's lesion falls under it, BRATS 2013 pat0005
     # with noise of 0.5 z) and the smoothed image's own spread over the brain (median and MAD; the
     # smoothing has removed the noise, but a large lesion widens it: pat0006)
-    fv = fd[m]
-    f_med = float(np.median(fv)) if fv.size else 0.0
-    f_sd = float(1.4826 * np.median(np.abs(fv - f_med))) if fv.size else 0.0
+    fv = fd[m]  # not empty: an empty mask returned above
+    f_med = float(np.median(fv))
+    f_sd = float(1.4826 * np.median(np.abs(fv - f_med)))
     # (a smoothed FLAIR with no spread, a constant or near-constant image, has no second scale)
     seed_thr = min(cfg.seed_z, f_med + cfg.seed_sd * f_sd) if f_sd > 1e-3 else cfg.seed_z
     info["seed_threshold_z"] = round(seed_thr, 3)
