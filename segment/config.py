@@ -122,10 +122,12 @@ class MixtureConfig(_Strict):
         "by this much (and at least one voxel), so stripping errors at its edge do not pull the classes; "
         "every brain voxel is labelled",
     )
-    pv_noise: Literal["shrunk", "shared", "per_class"] = Field(
-        "shrunk", description="partial-volume model's noise: shared (one covariance for every class and mix, "
+    pv_noise: Literal["auto", "shrunk", "shared", "per_class"] = Field(
+        "auto", description="partial-volume model's noise: shared (one covariance for every class and mix, "
         "Shattuck et al. 2001: a class cannot widen over the mixed voxels beside it), per_class (one per pure "
-        "class), shrunk (per class, with an inverse-Wishart prior centred on the shared one: pv_noise_prior)"
+        "class), shrunk (per class, with an inverse-Wishart prior centred on the shared one: pv_noise_prior), "
+        "auto (per_class when GM and WM are fewer than 7 noise SDs apart, noise measured from neighbouring "
+        "voxels inside the atlas's white matter; shrunk otherwise)"
     )
     pv_noise_prior: float = Field(
         0.33, gt=0, le=10, description="shrunk noise: the shared covariance's weight in pseudo-voxels, as a "

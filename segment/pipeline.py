@@ -40,6 +40,13 @@ PV_MAX_GAIN = 1.25
 #: Largest accepted move of the GM/WM boundary (the pure means' midpoint) from the class mixture's,
 #: as a fraction of the GM-WM distance: at a quarter, a voxel three quarters one tissue changes class.
 PV_MAX_SHIFT = 0.25
+#: ``mixture.pv_noise: auto``: below this GM/WM contrast, in noise SDs (neighbouring voxels'
+#: differences inside the atlas's white matter), a class's width is mostly noise and the
+#: partial-volume model keeps one covariance per class; at or above it, the widths are mostly
+#: mixing and are shrunk towards one shared noise. Measured (docs/validation.md): MNI152 with 3-9 %
+#: noise 1.9-5.2 SDs, where the shrunk noise lets pure CSF empty; the IBSR subjects 9-17, clean
+#: MNI152 32.
+PV_NOISY_CNR = 7.0
 
 
 @dataclass
@@ -192,6 +199,7 @@ def fit_tissue_mixture(
     priors: np.ndarray | None = None,
     spacing: tuple[float, float, float] | None = None,
     sample_key: np.ndarray | None = None,
+    noise_sd: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
     """Fit the tissue GMM on brain voxels and return (labels 1..3, class probabilities, info).
 
@@ -213,6 +221,9 @@ def fit_tissue_mixture(
     spacing : voxel size in mm, optional
         With a side over ``mixture.pv_max_voxel_mm`` the partial-volume model is not used (a voxel
         thicker than the cortex mixes three tissues, not two); ``None``: it is used.
+    noise_sd : ndarray of shape (n_features,), optional
+        Each feature's noise SD (:func:`neighbour_noise_sd`); with ``mixture.pv_noise: auto`` it
+        chooses the partial-volume model's noise (``PV_NOISY_CNR``); ``None``: shrunk.
     sample_key : ndarray of shape (n_voxels,), optional
         A random key per row, fixed to the voxel (``run_pipeline`` draws it on the image grid from
         the seed): every seeded subset takes the rows of smallest key, so a few voxels more or less
@@ -437,7 +448,12 @@ def fit_tissue_mixture(
         # width of a class is mostly scanner noise, not mixing, so grey matter cannot widen over
         # the GM/WM mixed voxels; a class with many voxels, or an average template whose class
         # widths are anatomy, keeps its own), or either extreme.
-        shared = {"shrunk": float(mc.pv_noise_prior), "shared": True, "per_class": False}[mc.pv_noise]
+        # With noise close to the GM/WM contrast (auto) the widths are noise: one per class.
+        noise_mode, cnr = mc.pv_noise, None
+        if noise_mode == "auto":
+            cnr = gm_wm_cnr(np.asarray(means0), noise_sd)
+            noise_mode = "per_class" if cnr is not None and cnr < PV_NOISY_CNR else "shrunk"
+        shared = {"shrunk": float(mc.pv_noise_prior), "shared": True, "per_class": False}[noise_mode]
         pv = PartialVolumeMixture(3, tol=1e-7, max_iter=1000, reg_covar=max(mc.reg_covar, 1e-6),
                                   shared_noise=shared)
         pv.fit(pv_x, means_init=means0, covariances_init=covs0, sample_weight=pv_w, max_drift=PV_MAX_DRIFT)
@@ -457,7 +473,8 @@ def fit_tissue_mixture(
         drifted = bool(pv.drifted_ or float(pv.drift_.max()) > PV_MAX_DRIFT)
         accepted = not (drifted or collapsed or moved)
         info["partial_volume"] = {
-            "noise": mc.pv_noise,
+            "noise": noise_mode,
+            "gm_wm_contrast_noise_sd": None if cnr is None else round(float(cnr), 2),
             "n_iter": int(pv.n_iter_),
             "class_means": np.round(pv.means_, 4).tolist(),
             "class_weights": np.round(pv.class_weights_, 4).tolist(),
@@ -536,6 +553,38 @@ PRIOR_SAMPLES = 30_000
 
 #: Voxels the mixture of the series covering a region outside another's field of view is fitted on.
 FOV_FIT_SAMPLES = 200_000
+
+
+def neighbour_noise_sd(volumes: list[np.ndarray], region: np.ndarray, spacing) -> np.ndarray | None:
+    """Each volume's noise SD from the differences of neighbouring voxels inside ``region``.
+
+    Along the finest axis, pairs of voxels both in ``region``: the robust SD (MAD) of their
+    difference over sqrt(2), i.e. of one voxel's noise if the anatomy is smooth at that scale
+    (inside white matter it is). ``None`` with fewer than 1000 pairs.
+    """
+    ax = int(np.argmin(np.asarray(spacing, dtype=np.float64)))
+    lo = [slice(None)] * 3
+    hi = [slice(None)] * 3
+    lo[ax], hi[ax] = slice(0, -1), slice(1, None)
+    pairs = region[tuple(lo)] & region[tuple(hi)]
+    if np.count_nonzero(pairs) < 1000:
+        return None
+    out = []
+    for v in volumes:
+        d = (v[tuple(hi)] - v[tuple(lo)])[pairs].astype(np.float64)
+        out.append(1.4826 * float(np.median(np.abs(d - np.median(d)))) / np.sqrt(2.0))
+    return np.asarray(out)
+
+
+def gm_wm_cnr(class_means: np.ndarray, noise_sd: np.ndarray | None) -> float | None:
+    """Distance of the GM and WM means (class rows 1, 2) in noise SDs, over every feature."""
+    if noise_sd is None:
+        return None
+    sd = np.asarray(noise_sd, dtype=np.float64)
+    if not np.all(sd > 0):
+        return None
+    c = np.asarray(class_means, dtype=np.float64).reshape(3, -1)
+    return float(np.sqrt((((c[2] - c[1]) / sd) ** 2).sum()))
 
 
 def boundary_shift(class_means: np.ndarray, pv_means: np.ndarray) -> float:
@@ -809,8 +858,18 @@ def run_pipeline(case: Case | LoadedCase | str | os.PathLike, config: Config | N
     # one random key per voxel of the grid: the mixture's seeded subsets keep their voxels when
     # the healthy region changes a little (a tumor a few mL larger)
     key = np.random.default_rng(config.seed).random(mask.shape, dtype=np.float32)[healthy]
+    noise_sd = None
+    if config.mixture.pv_noise == "auto":
+        # noise inside the atlas's white matter (else the fitted brain), where anatomy is smooth
+        region = fit_region
+        if priors is not None:
+            wm_core = np.zeros_like(healthy)
+            wm_core[healthy] = priors[:, 2] >= 0.9
+            if np.count_nonzero(wm_core & fit_region) >= 2000:
+                region = wm_core & fit_region
+        noise_sd = neighbour_noise_sd([feats[m] for m in mods], region, loaded.spacing)
     labels, probs, mix_info = fit_tissue_mixture(X, mods, config, fit_rows=in_fit, priors=priors,
-                                                 spacing=loaded.spacing, sample_key=key)
+                                                 spacing=loaded.spacing, sample_key=key, noise_sd=noise_sd)
     fov_flags = label_outside_fov(loaded, healthy, feats, mods, config, in_fit, labels, probs)
     if fov_flags:
         info.setdefault("flags", []).extend(fov_flags)
