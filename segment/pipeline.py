@@ -43,9 +43,9 @@ PV_MAX_SHIFT = 0.25
 #: ``mixture.pv_noise: auto``: below this GM/WM contrast, in noise SDs (neighbouring voxels'
 #: differences inside the atlas's white matter), a class's width is mostly noise and the
 #: partial-volume model keeps one covariance per class; at or above it, the widths are mostly
-#: mixing and are shrunk towards one shared noise. Measured (docs/validation.md): MNI152 with 3-9 %
-#: noise 1.9-5.2 SDs, where the shrunk noise lets pure CSF empty; the IBSR subjects 9-17, clean
-#: MNI152 32.
+#: mixing and are shrunk towards one shared noise. Measured 2026-12-07 (docs/validation.md):
+#: MNI152 with 4 % noise 4.7-5.0 SDs and 7 % 2.9, where the shrunk noise lets pure CSF empty;
+#: the IBSR subjects 11-22, clean MNI152 43, the four-modality BraTS cases 7.4-8.2.
 PV_NOISY_CNR = 7.0
 
 
@@ -859,7 +859,8 @@ def run_pipeline(case: Case | LoadedCase | str | os.PathLike, config: Config | N
     # the healthy region changes a little (a tumor a few mL larger)
     key = np.random.default_rng(config.seed).random(mask.shape, dtype=np.float32)[healthy]
     noise_sd = None
-    if config.mixture.pv_noise == "auto":
+    mc = config.mixture
+    if mc.pv_noise == "auto" and mc.partial_volume and max(loaded.spacing) <= mc.pv_max_voxel_mm:
         # noise inside the atlas's white matter (else the fitted brain), where anatomy is smooth
         region = fit_region
         if priors is not None:
