@@ -242,6 +242,11 @@ class TumorConfig(_Strict):
     core_cap_mm: float = Field(
         4.0, ge=0, le=20, description="outside the brain this close (mm) to ET closes a rim open at the surface"
     )
+    core_hull: bool = Field(
+        True, description="fluid-like voxels inside the convex hull of an enhancing rim (not a section of a "
+        "larger CSF space) are core (NCR): a rim broken by thick slices, noise or the brain surface still "
+        "holds its cyst"
+    )
     # the joint healthy + tumor mixture
     alpha0: float = Field(0.5, gt=0, lt=1, description="initial latent tumor prior inside the reach of a lesion")
     mrf_beta: float = Field(

@@ -13,6 +13,7 @@ from segment.config import Config, TumorConfig
 from segment.labeling.tumor import segment_tumor
 from segment.labeling.tumor_model import (
     enclosed_core,
+    hull_core,
     fit_healthy,
     fit_tumor_mixture,
     name_healthy_classes,
@@ -615,3 +616,42 @@ def test_a_tumor_in_a_noisy_scan_is_found_and_a_noisy_healthy_brain_stays_empty(
     quiet = segment_tumor(noisy(healthy), m, ph.spacing, config=TumorConfig())
     assert quiet.info["seed_threshold_z"] < TumorConfig().seed_z
     assert not quiet.labels.any()
+
+
+def _broken_rim_case():
+    """A cyst at the brain's top face inside a rim that runs three quarters round it with half of
+    its voxels missing (a wall thinner than the slices, or noise): no closing seals it."""
+    brain = np.zeros((40, 40, 40), bool)
+    brain[4:36, 4:36, 4:33] = True
+    zz, yy, xx = np.mgrid[:40, :40, :40]
+    d = np.sqrt((xx - 20) ** 2 + (yy - 20) ** 2 + (zz - 26) ** 2)
+    cyst = (d < 6) & brain
+    holes = np.random.default_rng(0).random(d.shape) < 0.5
+    rim = (d >= 6) & (d < 7.5) & brain & (xx <= 25) & ~holes
+    return brain, cyst, rim, (xx, yy, zz)
+
+
+def test_hull_core_holds_the_cyst_of_a_broken_rim():
+    """BRATS 2013 pat0005 at 5 mm slices or with noise: its enhancing rim breaks, the filling of
+    enclosed_core leaks and the cyst was labelled healthy CSF (TC 0.49 / 0.45); the rim's hull holds it."""
+    brain, cyst, rim, _ = _broken_rim_case()
+    leaked = enclosed_core(rim, brain, (1.0, 1.0, 1.0), close_mm=2.0, cap_mm=2.0)
+    assert leaked[cyst].mean() < 0.5  # the failure the hull repairs
+    fluid = cyst.copy()
+    core = hull_core(rim, fluid, fluid, brain, (1.0, 1.0, 1.0), min_mm3=10.0)
+    assert core[cyst].mean() > 0.9
+    assert not (core & ~cyst).any() and not (core & rim).any()
+    # the hull is affine-invariant: anisotropic voxels give the same voxels
+    assert np.array_equal(core, hull_core(rim, fluid, fluid, brain, (1.0, 1.0, 5.0), min_mm3=10.0))
+
+
+def test_hull_core_leaves_out_a_ventricle_that_goes_on_outside_the_hull():
+    brain, cyst, rim, (xx, yy, zz) = _broken_rim_case()
+    ventricle = (np.abs(yy - 20) <= 2) & (np.abs(zz - 26) <= 2) & brain & ~rim  # a tube through the rim
+    fluid = ventricle & ~cyst
+    core = hull_core(rim, fluid, fluid, brain, (1.0, 1.0, 1.0), min_mm3=10.0)
+    assert not core.any()
+    # fluid far from any rim is never core, and without enhancement there is no hull
+    far = (np.abs(xx - 8) <= 1) & (np.abs(yy - 8) <= 1) & (np.abs(zz - 8) <= 1)
+    assert not hull_core(rim, far, far, brain, (1.0, 1.0, 1.0), 10.0).any()
+    assert not hull_core(np.zeros_like(rim), cyst, cyst, brain, (1.0, 1.0, 1.0), 10.0).any()
