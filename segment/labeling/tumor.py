@@ -531,7 +531,7 @@ def segment_tumor(
         # ... and what lies inside the enhancing rim's convex hull: a rim broken by thick slices or
         # noise, or thin where it runs along the brain surface, no longer closes, but its cyst
         # still lies within its hull (BRATS 2013 pat0005 at 5 mm: 18 of 27 mL of necrosis missed)
-        hc = hull_core(et, fluid & ~tum, fluid, inb, spacing, cfg.min_et_mm3)
+        hc = hull_core(et, fluid & ~tum, fluid, inb, spacing, cfg.min_et_mm3, fill=~tum)
         core |= hc
         tum |= hc
     # whole tumor: the tumor voxels connected to a detected lesion

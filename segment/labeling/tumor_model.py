@@ -290,10 +290,12 @@ def _inside_hull(comp: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 
 def hull_core(et: np.ndarray, candidates: np.ndarray, fluid: np.ndarray, brain: np.ndarray, spacing,
-              min_mm3: float) -> np.ndarray:
+              min_mm3: float, fill: np.ndarray | None = None) -> np.ndarray:
     """The ``candidates`` inside the convex hull of a 26-connected component of ``et`` (of at
     least ``min_mm3``), within ``brain``, less the sections of a larger CSF space
-    (:func:`csf_sections` with ``fluid``).
+    (:func:`csf_sections` with ``fluid``); with ``fill``, also the ``fill`` voxels that this core
+    and ``et`` enclose (:func:`segment.morphology.fill_holes_all_axes`): the specks of a noisy cyst
+    that do not look like fluid.
 
     A necrotic or cystic core lies inside its enhancing rim. Where the rim is whole,
     :func:`enclosed_core` fills it; slices thicker than the rim, noise, or a rim thinned to a line
@@ -323,6 +325,10 @@ def hull_core(et: np.ndarray, candidates: np.ndarray, fluid: np.ndarray, brain: 
         # CSF joined to the candidates by bridges under 2 mm wide (noise) is not one space with
         # them; on coarser grids every voxel-wide bridge counts (a sulcus at a cortical rim)
         out &= ~csf_sections(out, fluid, brain, spacing, 1.01)
+    if fill is not None and out.any():
+        box = morph.bounding_box_of(out, 1)
+        holes = morph.fill_holes_all_axes(out[box] | et[box]) & ~et[box] & fill[box] & brain[box]
+        out[box] |= holes
     return out
 
 

@@ -634,13 +634,20 @@ def _broken_rim_case():
 def test_hull_core_holds_the_cyst_of_a_broken_rim():
     """BRATS 2013 pat0005 at 5 mm slices or with noise: its enhancing rim breaks, the filling of
     enclosed_core leaks and the cyst was labelled healthy CSF (TC 0.49 / 0.45); the rim's hull holds it."""
-    brain, cyst, rim, _ = _broken_rim_case()
+    brain, cyst, rim, coords = _broken_rim_case()
     leaked = enclosed_core(rim, brain, (1.0, 1.0, 1.0), close_mm=2.0, cap_mm=2.0)
     assert leaked[cyst].mean() < 0.5  # the failure the hull repairs
     fluid = cyst.copy()
     core = hull_core(rim, fluid, fluid, brain, (1.0, 1.0, 1.0), min_mm3=10.0)
     assert core[cyst].mean() > 0.9
     assert not (core & ~cyst).any() and not (core & rim).any()
+    # the specks of a noisy cyst that do not look like fluid are filled when ``fill`` allows them
+    specks = cyst & (np.random.default_rng(1).random(cyst.shape) < 0.1)
+    speckled = hull_core(rim, cyst & ~specks, cyst & ~specks, brain, (1.0, 1.0, 1.0), 10.0, fill=brain)
+    xx, yy, zz = coords
+    wall = np.sqrt((xx - 20) ** 2 + (yy - 20) ** 2 + (zz - 26) ** 2) < 7.5  # the cyst and its rim's holes
+    assert speckled[specks].mean() > 0.9 and not (speckled & ~wall).any()
+    assert not hull_core(rim, cyst & ~specks, cyst & ~specks, brain, (1.0, 1.0, 1.0), 10.0)[specks].any()
     # the hull is affine-invariant: anisotropic voxels give the same voxels
     assert np.array_equal(core, hull_core(rim, fluid, fluid, brain, (1.0, 1.0, 5.0), min_mm3=10.0))
 
