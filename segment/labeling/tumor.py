@@ -532,6 +532,10 @@ def segment_tumor(
         # noise, or thin where it runs along the brain surface, no longer closes, but its cyst
         # still lies within its hull (BRATS 2013 pat0005 at 5 mm: 18 of 27 mL of necrosis missed)
         hc = hull_core(et, fluid & ~tum, fluid, inb, spacing, cfg.min_et_mm3, fill=~tum)
+        if cfg.core_hull_edema and "ED" in lab_b:
+            # edema-looking tissue amid the enhancing tumor is its non-enhancing part, core in the
+            # BraTS protocol (pat0006: 18 of its 64 mL of necrosis / non-enhancing core was edema)
+            hc |= hull_core(et, lab_b["ED"] & ~core, None, inb, spacing, cfg.min_et_mm3)
         core |= hc
         tum |= hc
     # whole tumor: the tumor voxels connected to a detected lesion

@@ -273,13 +273,14 @@ def enclosed_blobs(tumor: np.ndarray, brain: np.ndarray, spacing, close_mm: floa
 
 
 def _inside_hull(comp: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Which ``points`` (voxel indices, shape (n, 3)) lie inside the convex hull of the voxels
-    of ``comp`` (each voxel a unit cube, so a flat or one-voxel component still spans a volume)."""
+    """Which ``points`` (voxel indices, shape (n, 3)) lie inside the convex hull of the voxel
+    centres of ``comp``. Each centre is spread by +-0.01 voxel, so a flat component (one slice of
+    a thick-sliced scan) spans its plane and gives the hull within it."""
     from scipy.spatial import ConvexHull
 
     edge = comp & ~ndi.binary_erosion(comp)  # the hull of the boundary voxels is the hull
     vox = np.argwhere(edge).astype(np.float64)
-    corners = np.array(list(itertools.product((-0.5, 0.5), repeat=3)))
+    corners = np.array(list(itertools.product((-0.01, 0.01), repeat=3)))
     pts = np.unique((vox[:, None, :] + corners[None]).reshape(-1, 3), axis=0)
     eq = ConvexHull(pts).equations  # (facets, 4): normal . x + offset <= 0 inside
     out = np.ones(points.shape[0], dtype=bool)
@@ -289,11 +290,11 @@ def _inside_hull(comp: np.ndarray, points: np.ndarray) -> np.ndarray:
     return out
 
 
-def hull_core(et: np.ndarray, candidates: np.ndarray, fluid: np.ndarray, brain: np.ndarray, spacing,
+def hull_core(et: np.ndarray, candidates: np.ndarray, fluid: np.ndarray | None, brain: np.ndarray, spacing,
               min_mm3: float, fill: np.ndarray | None = None) -> np.ndarray:
     """The ``candidates`` inside the convex hull of a 26-connected component of ``et`` (of at
     least ``min_mm3``), within ``brain``, less the sections of a larger CSF space
-    (:func:`csf_sections` with ``fluid``); with ``fill``, also the ``fill`` voxels that this core
+    (:func:`csf_sections` with ``fluid``; ``None``: none left out); with ``fill``, also the ``fill`` voxels that this core
     and ``et`` enclose (:func:`segment.morphology.fill_holes_all_axes`): the specks of a noisy cyst
     that do not look like fluid.
 
@@ -321,7 +322,7 @@ def hull_core(et: np.ndarray, candidates: np.ndarray, fluid: np.ndarray, brain: 
         if pts.size:
             box = out[sl]
             box[tuple(pts[_inside_hull(comp, pts)].T)] = True
-    if out.any():
+    if fluid is not None and out.any():
         # CSF joined to the candidates by bridges under 2 mm wide (noise) is not one space with
         # them; on coarser grids every voxel-wide bridge counts (a sulcus at a cortical rim)
         out &= ~csf_sections(out, fluid, brain, spacing, 1.01)

@@ -662,3 +662,15 @@ def test_hull_core_leaves_out_a_ventricle_that_goes_on_outside_the_hull():
     far = (np.abs(xx - 8) <= 1) & (np.abs(yy - 8) <= 1) & (np.abs(zz - 8) <= 1)
     assert not hull_core(rim, far, far, brain, (1.0, 1.0, 1.0), 10.0).any()
     assert not hull_core(np.zeros_like(rim), cyst, cyst, brain, (1.0, 1.0, 1.0), 10.0).any()
+
+
+def test_hull_core_takes_edema_amid_the_rim_not_around_it():
+    """tumor.core_hull_edema (off by default): edema-looking tissue inside the enhancing tumor's hull is its non-enhancing
+    core (BRATS 2013 pat0006: 18 of 64 mL of core was labelled edema, TC 0.813 -> 0.886); the
+    edema around the tumor stays edema."""
+    brain, cyst, rim, (xx, yy, zz) = _broken_rim_case()
+    d = np.sqrt((xx - 20) ** 2 + (yy - 20) ** 2 + (zz - 26) ** 2)
+    edema = ((d < 6) | ((d >= 7.5) & (d < 12))) & brain & ~rim
+    core = hull_core(rim, edema, None, brain, (1.0, 1.0, 1.0), 10.0)
+    assert core[(d < 5) & brain].mean() > 0.9  # amid the rim
+    assert not core[(d >= 9) & brain].any()  # around it
