@@ -48,7 +48,6 @@ subsample of healthy voxels used to fit the healthy Gaussians, is drawn from ``s
 from __future__ import annotations
 
 import itertools
-
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -280,8 +279,8 @@ def _inside_hull(comp: np.ndarray, points: np.ndarray) -> np.ndarray:
 
     edge = comp & ~ndi.binary_erosion(comp)  # the hull of the boundary voxels is the hull
     vox = np.argwhere(edge).astype(np.float64)
-    corners = np.array(list(itertools.product((-0.01, 0.01), repeat=3)))
-    pts = np.unique((vox[:, None, :] + corners[None]).reshape(-1, 3), axis=0)
+    spread = np.array(list(itertools.product((-0.01, 0.01), repeat=3)))
+    pts = np.unique((vox[:, None, :] + spread[None]).reshape(-1, 3), axis=0)
     eq = ConvexHull(pts).equations  # (facets, 4): normal . x + offset <= 0 inside
     out = np.ones(points.shape[0], dtype=bool)
     for k in range(0, points.shape[0], 65536):
@@ -294,9 +293,9 @@ def hull_core(et: np.ndarray, candidates: np.ndarray, fluid: np.ndarray | None, 
               min_mm3: float, fill: np.ndarray | None = None) -> np.ndarray:
     """The ``candidates`` inside the convex hull of a 26-connected component of ``et`` (of at
     least ``min_mm3``), within ``brain``, less the sections of a larger CSF space
-    (:func:`csf_sections` with ``fluid``; ``None``: none left out); with ``fill``, also the ``fill`` voxels that this core
-    and ``et`` enclose (:func:`segment.morphology.fill_holes_all_axes`): the specks of a noisy cyst
-    that do not look like fluid.
+    (:func:`csf_sections` with ``fluid``; ``None``: none left out); with ``fill``, also the
+    ``fill`` voxels that this core and ``et`` enclose (:func:`segment.morphology.fill_holes_all_axes`):
+    the specks of a noisy cyst that do not look like fluid.
 
     A necrotic or cystic core lies inside its enhancing rim. Where the rim is whole,
     :func:`enclosed_core` fills it; slices thicker than the rim, noise, or a rim thinned to a line
