@@ -87,6 +87,10 @@ class PreprocessConfig(_Strict):
         "never: the brain is the non-zero region",
     )
     skullstrip_options: SkullstripConfig = SkullstripConfig()
+    saturation: Literal["restore", "off"] = Field(
+        "restore", description="restore: a modality whose brain intensities pile up at their maximum (clipped, "
+        "saturated) gets the values above the ceiling back from a censored mixture fit, before N4; off: as read"
+    )
     bias_correction: bool = Field(True, description="run N4 on every modality before normalisation")
     n4: N4Config = N4Config()
     lower_percentile: float = Field(

@@ -145,13 +145,18 @@ def brain_mask_step(loaded: LoadedCase, config: Config) -> tuple[np.ndarray, dic
 
 
 def normalize_step(loaded: LoadedCase, mask: np.ndarray, config: Config,
-                   corrected: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """Optional N4, then robust z-score inside the brain, for every modality; ``corrected``
-    (a dict), when given, receives each N4-corrected image."""
+                   corrected: dict[str, np.ndarray] | None = None,
+                   report: dict[str, dict[str, float]] | None = None,
+                   registration=None) -> dict[str, np.ndarray]:
+    """Saturated intensities restored, optional N4, then robust z-score inside the brain, for
+    every modality; ``corrected`` (a dict), when given, receives each N4-corrected image, and
+    ``report`` the saturation found in each modality (:mod:`segment.preprocess.saturation`; the
+    template ``registration``, when given, puts the atlas classes' cores on the grid for it)."""
     from .preprocess.normalize import robust_zscore
 
     pp = config.preprocess
     out: dict[str, np.ndarray] = {}
+    cores = None  # the atlas classes' cores, warped when a saturated modality needs them
     for m in loaded.modalities:
         data = loaded.images[m].data
         # voxels outside a resampled series' field of view hold no measurement of it: its
@@ -161,6 +166,16 @@ def normalize_step(loaded: LoadedCase, mask: np.ndarray, config: Config,
         fov = getattr(loaded, "fov", {}).get(m)
         if fov is not None and np.count_nonzero(mask & fov) >= 0.05 * np.count_nonzero(mask):
             m_mask = mask & fov
+        if pp.saturation == "restore":
+            from .preprocess.saturation import detect_saturation, restore_saturated
+
+            found = detect_saturation(data, m_mask)
+            if found is not None:
+                if cores is None:
+                    cores = atlas_cores(registration, loaded.grid)
+                data, fit = restore_saturated(data, m_mask, loaded.spacing, found, cores)
+                if report is not None:
+                    report[m] = {k: (v if isinstance(v, (str, bool)) else round(float(v), 4)) for k, v in fit.items()}
         if pp.bias_correction:
             from .preprocess.bias import n4_correct
 
@@ -174,6 +189,24 @@ def normalize_step(loaded: LoadedCase, mask: np.ndarray, config: Config,
             data, m_mask, lower_percentile=pp.lower_percentile, upper_percentile=pp.upper_percentile
         )
     return out
+
+
+#: Share of the brain at an intensity ceiling from which the restoration of saturated values is a QC flag.
+SATURATION_FLAG_SHARE = 0.01
+
+
+def atlas_cores(registration, grid) -> list[np.ndarray]:
+    """Where the warped ICBM CSF, GM and WM priors reach ``ATLAS_CORE_P`` (none without a usable
+    registration)."""
+    if registration is None or "registration_poor" in (registration.flags or []):
+        return []
+    from .atlas import load_tissue_priors
+
+    return [registration.warp(p.data, 1, grid) >= ATLAS_CORE_P for p in load_tissue_priors()]
+
+
+#: Prior probability from which a voxel is in a class's core (:func:`atlas_cores`).
+ATLAS_CORE_P = 0.8
 
 
 def fit_core(mask: np.ndarray, spacing: tuple[float, float, float], margin_mm: float) -> np.ndarray:
@@ -800,7 +833,19 @@ def run_pipeline(case: Case | LoadedCase | str | os.PathLike, config: Config | N
 
     t = time.perf_counter()
     corrected: dict[str, np.ndarray] | None = {} if config.outputs.bias_corrected else None
-    feats = normalize_step(loaded, mask, config, corrected)
+    saturated: dict[str, dict[str, float]] = {}
+    feats = normalize_step(loaded, mask, config, corrected, saturated, info.get("registration"))
+    if saturated:
+        info["saturation"] = saturated
+        for m, fit in saturated.items():
+            if fit["share"] >= SATURATION_FLAG_SHARE:
+                what = ("the values above it were restored from a censored fit of the brightest class"
+                        if fit["restored"] else
+                        f"not restored: {100 * fit['class_clipped']:.0f}% of the brightest class is above it, "
+                        "its width cannot be estimated; the tissue classes next to it are unreliable")
+                info.setdefault("flags", []).append(
+                    f"{m}: {100 * fit['share']:.1f}% of the brain at the intensity ceiling {fit['ceiling']:g} "
+                    f"(saturated); {what}")
     timings["normalize"] = time.perf_counter() - t
 
     tumor = None

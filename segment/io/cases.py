@@ -276,13 +276,21 @@ def load_case(
     raw: dict[str, Volume] = {
         m: load_volume(case.images[m], channel=case.channels.get(m)) for m in wanted
     }
+    from .bids import ignored_notes
+
+    notes: list[str] = ignored_notes(case.root) if case.root is not None else []
+    for m in wanted:
+        b = _constant_background(raw[m].data)
+        if b is not None:
+            # a z-scored or shifted brain-only image: its outside is one value, not 0; it becomes 0
+            # (the brain-only convention every step reads), the brain's values are kept
+            notes.append(f"{case.images[m].name}: constant background {b:g} (not 0) taken as outside the brain")
+            d = raw[m].data
+            raw[m] = raw[m].with_data(np.where(d == b, np.zeros((), d.dtype), d))
     reference = raw[ref_mod]
     ref_ras = reorient_to_ras(reference)
     images: dict[str, Volume] = {}
     resampled: list[str] = []
-    from .bids import ignored_notes
-
-    notes: list[str] = ignored_notes(case.root) if case.root is not None else []
     registered: dict[str, np.ndarray] = {}
     coverage: np.ndarray | None = None
     fov: dict[str, np.ndarray] = {}
@@ -329,6 +337,21 @@ def load_case(
         case=case, reference=reference, images=images, truth=truth, resampled=resampled,
         coverage=coverage, notes=notes, registered=registered, fov=fov,
     )
+
+
+def _constant_background(data: np.ndarray) -> float | None:
+    """The value of a constant, non-zero background (a z-scored or shifted brain-only image):
+    one exact value on >= 95 % of the array's faces and on >= 25 % of its voxels; else None."""
+    faces = np.concatenate([f.ravel() for f in (data[0], data[-1], data[:, 0], data[:, -1],
+                                                  data[:, :, 0], data[:, :, -1])])
+    vals, counts = np.unique(faces, return_counts=True)
+    i = int(np.argmax(counts))
+    b = vals[i]
+    if b == 0 or not np.isfinite(b) or counts[i] < 0.95 * faces.size:
+        return None
+    if np.count_nonzero(data == b) < 0.25 * data.size:
+        return None
+    return float(b)
 
 
 def _zero_background(data: np.ndarray) -> bool:
