@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from segment.cli import main
+from segment.metrics import dice
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data"
 TISSUE = SAMPLE / "phantom_tissue_0"
@@ -359,7 +360,9 @@ def test_header_without_orientation_or_voxel_size_is_named(case, tmp_path, capsy
 def test_errors_name_the_file_for_tiny_and_negative_images(case, tmp_path, capsys):
     img = nib.load(str(case / "t1.nii.gz"))
     a = np.asarray(img.dataobj)
-    nib.save(nib.Nifti1Image((a - a.max() - 1).astype(np.float32), img.affine), str(case / "t1.nii.gz"))
+    # no positive voxel and no constant background: nothing says where the brain is
+    noisy = -1.0 - a / max(float(a.max()), 1.0) - np.random.default_rng(1).random(a.shape)
+    nib.save(nib.Nifti1Image(noisy.astype(np.float32), img.affine), str(case / "t1.nii.gz"))
     os.remove(case / "flair.nii.gz")
     os.remove(case / "seg.nii.gz")
     assert main(["run", str(case), "--out", str(tmp_path / "out")]) == 1
@@ -370,6 +373,24 @@ def test_errors_name_the_file_for_tiny_and_negative_images(case, tmp_path, capsy
              str(tiny / "t1.nii.gz"))
     assert main(["run", str(tiny), "--out", str(tmp_path / "out")]) == 1
     assert "t1.nii.gz" in _one_error_line(capsys)
+
+
+def test_shifted_brain_only_image_is_segmented_like_the_original(case, tmp_path, fast):
+    """All intensities negative, the outside one constant value (a brain-only image shifted or
+    z-scored by another tool): read as brain-only (it was refused: 'no positive voxel')."""
+    img = nib.load(str(case / "t1.nii.gz"))
+    a = np.asarray(img.dataobj)
+    os.remove(case / "flair.nii.gz")
+    shifted = tmp_path / "data2" / "phantom_tissue_0"
+    shifted.mkdir(parents=True)
+    nib.save(nib.Nifti1Image((a - a.max() - 1).astype(np.float32), img.affine), str(shifted / "t1.nii.gz"))
+    assert main(["run", str(case), "--out", str(tmp_path / "a"), *fast]) == 0
+    assert main(["run", str(shifted), "--out", str(tmp_path / "b"), *fast]) == 0
+    la = np.asarray(nib.load(str(tmp_path / "a" / case.name / "tissue.nii.gz")).dataobj)
+    lb = np.asarray(nib.load(str(tmp_path / "b" / case.name / "tissue.nii.gz")).dataobj)
+    assert np.array_equal(la > 0, lb > 0)  # the same brain
+    for c in (1, 2, 3):
+        assert dice(la == c, lb == c) > 0.95
 
 
 def test_absurd_voxel_size_is_refused(case, tmp_path, capsys):
