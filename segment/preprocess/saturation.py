@@ -8,12 +8,17 @@ below the ceiling, which moves the grey/white boundary: on IBSR_01 clipped at it
 percentile, white-matter Dice falls from 0.87 to 0.67.
 
 The clipped voxels are censored observations: each is known only to be at least the ceiling
-``c``. The brightest class's Gaussian is estimated from the voxels below the ceiling and the
-count above it (a Tobit fit: left-truncated where the brightest peak's lower flank falls under
-half its height or reaches the valley before the next class, right-censored at ``c``), and the clipped voxels get the quantiles of that
-Gaussian above ``c``, in the order of their smoothed neighbourhood (a voxel deep inside the
-saturated region is given the higher values). Every value stays at or above ``c``, so no voxel
-changes rank against an unclipped one; the mixture downstream sees a class of its true width.
+``c``. The saturated class's Gaussian is estimated from the voxels below the ceiling and the
+count above it: on the atlas core of the class with the largest clipped share, from the
+quantiles just under the ceiling against the normal ones (a censored probability plot,
+:func:`censored_qq`); without a registration, from a three-class mixture of the brain fitted by
+EM with the clipped voxels censored (:func:`censored_mixture`). The clipped voxels then get the
+quantiles of that Gaussian above ``c``, in the order of their smoothed neighbourhood (a voxel
+deep inside the saturated region is given the higher values). Every value stays at or above
+``c``, so no voxel changes rank against an unclipped one; the mixture downstream sees a class of
+its true width. When the ceiling is under the class's median, its upper half was never seen and
+its width is a guess that moves the class boundaries more than the spike does: the image is
+left as read (and flagged).
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy import special
 
-__all__ = ["detect_saturation", "restore_saturated"]
+__all__ = ["detect_saturation", "restore_saturated", "censored_mixture", "censored_qq"]
 
 #: Restore only when at most this share of the saturated class lies above the ceiling (its median seen).
 MAX_CLASS_CLIPPED = 0.5
@@ -112,9 +117,9 @@ def censored_mixture(x: np.ndarray, h: np.ndarray, c: float, n_c: float, k: int 
 def censored_qq(values: np.ndarray, c: float, tol: float = 0.0) -> tuple[float, float] | None:
     """Mean and SD of one Gaussian from its quantiles below the ceiling ``c`` (values at or above
     ``c - tol`` are censored): the least-squares line of the observed quantiles against the
-    normal ones (a probability plot), over the upper half of the unclipped range, whose lower
-    end is where the neighbouring class's voxels sit. None when fewer than 5 % of the values
-    are unclipped."""
+    normal ones (a probability plot), over the 15 % of quantiles just under the ceiling (the
+    lower ones hold the neighbouring class's voxels an affine atlas core lets in). None when
+    fewer than 5 % of the values are unclipped."""
     v = np.sort(np.asarray(values, np.float64))
     share = float(np.mean(v >= c - tol))
     q_hi = (1.0 - share) - 0.01
