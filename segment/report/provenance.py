@@ -380,7 +380,7 @@ def build_provenance(
         notes = list(info.get("notes") or [])
     all_warnings = list(dict.fromkeys([*notes, *warnings]))
     all_flags = list(dict.fromkeys([*collect_flags(info), *flags]))
-    steps = {k: info[k] for k in ("mask_method", "features", "tumor_regions", "mixture", "tumor") if k in info}
+    steps = {k: info[k] for k in ("mask_method", "saturation", "features", "tumor_regions", "mixture", "tumor") if k in info}
     if hasattr(info.get("registration"), "to_dict"):  # the head template (brain_mask step)
         steps["template_registration"] = {**info["registration"].to_dict(),
                                           "mask_prior": info.get("mask_prior"),

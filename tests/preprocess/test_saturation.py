@@ -147,3 +147,20 @@ def test_written_case_round_trip_unchanged(tmp_path):
     seg = run_pipeline(case, config_from_dict(QUICK))
     assert "saturation" not in seg.info
     assert not any("constant background" in n for n in seg.loaded.notes)
+
+
+def test_saturation_fit_and_flag_reach_the_written_outputs(tmp_path, t1_phantom):
+    import json
+
+    from segment.pipeline import segment_case
+
+    ph = t1_phantom
+    t1 = ph.images["t1"]
+    c = np.percentile(t1[ph.brain_mask], 90)
+    root = tmp_path / "in" / "clip"
+    root.mkdir(parents=True)
+    save_volume(np.where(ph.brain_mask, np.minimum(t1, c), t1).astype(np.float32), ph.affine, root / "t1.nii.gz")
+    segment_case(root, config_from_dict(QUICK), tmp_path / "out")
+    prov = json.loads((tmp_path / "out" / "provenance.json").read_text())
+    assert prov["steps"]["saturation"]["t1"]["restored"] is True
+    assert any("intensity ceiling" in f for f in prov["qc_flags"])
