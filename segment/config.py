@@ -89,7 +89,9 @@ class PreprocessConfig(_Strict):
     skullstrip_options: SkullstripConfig = SkullstripConfig()
     saturation: Literal["restore", "off"] = Field(
         "restore", description="restore: a modality whose brain intensities pile up at their maximum (clipped, "
-        "saturated) gets the values above the ceiling back from a censored mixture fit, before N4; off: as read"
+        "saturated) gets the values above the ceiling back from a censored fit of the clipped class (on its atlas "
+        "core; a censored 3-class mixture without registration), before N4; not when the ceiling is under that "
+        "class's median (QC flag either way); off: as read"
     )
     bias_correction: bool = Field(True, description="run N4 on every modality before normalisation")
     n4: N4Config = N4Config()
