@@ -195,6 +195,25 @@ def normalize_step(loaded: LoadedCase, mask: np.ndarray, config: Config,
 SATURATION_FLAG_SHARE = 0.01
 
 
+def clipped_flair_flag(feats: dict[str, np.ndarray], mask: np.ndarray, fit: dict | None,
+                       seed_z: float | None) -> str | None:
+    """A QC flag when FLAIR was clipped under the tumor step's seed threshold.
+
+    The ceiling's normalised value is the FLAIR at the quantile of the brain the clipped share
+    leaves under it (N4 spreads the ceiling a little). Under the seed threshold, a lesion brighter
+    than the ceiling looks like the brightest healthy tissue: a tumor found or missed there is not
+    to be trusted (BRATS 2013 pat0005 with FLAIR clipped at its brain's 98th percentile: no
+    tumor found, WT 0.87 -> 0)."""
+    if fit is None or seed_z is None or "flair" not in feats:
+        return None
+    z = float(np.quantile(feats["flair"][mask], 1.0 - float(fit["share"])))
+    if z >= float(seed_z):
+        return None
+    return (f"flair clipped at normalised {z:.2f}, under the tumor seed threshold {float(seed_z):.2f}: "
+            "lesions brighter than the ceiling cannot be told from the brightest healthy tissue; "
+            "the tumor result is unreliable")
+
+
 def atlas_cores(registration, grid) -> list[np.ndarray]:
     """Where the warped ICBM CSF, GM and WM priors reach ``ATLAS_CORE_P`` (none without a usable
     registration)."""
@@ -862,6 +881,9 @@ def run_pipeline(case: Case | LoadedCase | str | os.PathLike, config: Config | N
         regions = list(tres.regions)
         info["tumor"] = tres.info
         timings["tumor"] = time.perf_counter() - t
+        flag = clipped_flair_flag(feats, mask, saturated.get("flair"), tres.info.get("seed_threshold_z"))
+        if flag:
+            info.setdefault("flags", []).append(flag)
     info["tumor_regions"] = regions
 
     mods = [m for m in (config.mixture.modalities or loaded.modalities) if m in feats]

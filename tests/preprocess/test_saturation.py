@@ -164,3 +164,22 @@ def test_saturation_fit_and_flag_reach_the_written_outputs(tmp_path, t1_phantom)
     prov = json.loads((tmp_path / "out" / "provenance.json").read_text())
     assert prov["steps"]["saturation"]["t1"]["restored"] is True
     assert any("intensity ceiling" in f for f in prov["qc_flags"])
+
+
+def test_flair_clipped_under_the_seed_threshold_flags_the_tumor_result(tmp_path):
+    """BRATS 2013 pat0005 with its FLAIR clipped at the brain's 98th percentile lost its tumor
+    (WT 0.87 -> 0) and said nothing: now a QC flag says the tumor result is unreliable."""
+    import nibabel as nib
+
+    ph = make_phantom(2, shape=SHAPE, spacing=SPACING, tumor=True)
+    case = write_phantom_case(tmp_path, ph, "t2")
+    fl = case / "flair.nii.gz"
+    img = nib.load(str(fl))
+    x = np.asarray(img.dataobj).astype(np.float32)
+    c = np.percentile(x[ph.brain_mask], 90)  # the lesion's FLAIR signal flattened
+    nib.save(nib.Nifti1Image(np.minimum(x, c).astype(np.float32), img.affine), str(fl))
+    seg = run_pipeline(case, config_from_dict(QUICK))
+    assert seg.info["saturation"]["flair"]["share"] > 0.05
+    assert any("under the tumor seed threshold" in f for f in seg.info["flags"])
+    clean = run_pipeline(write_phantom_case(tmp_path / "c", ph, "t2"), config_from_dict(QUICK))
+    assert not any("seed threshold" in f for f in clean.info.get("flags", []))
