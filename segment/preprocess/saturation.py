@@ -68,8 +68,9 @@ def censored_mixture(x: np.ndarray, h: np.ndarray, c: float, n_c: float, k: int 
     and ``n_c`` values right-censored at ``c`` (known only to be >= c).
 
     The censored values' expected sufficient statistics are the truncated-normal moments above
-    ``c`` of each component (Dempster, Laird & Rubin 1977, section 4.4). Returns the weights,
-    means and SDs.
+    ``c`` of each component (Dempster, Laird & Rubin 1977, section 4.4). ``tied``: one SD for
+    every component (an untied fit lets one wide component explain the censored mass). Returns
+    the weights, means and SDs.
     """
     x = np.asarray(x, np.float64)
     h = np.asarray(h, np.float64)
