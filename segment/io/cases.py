@@ -339,17 +339,27 @@ def load_case(
     )
 
 
+#: A background covers at least this share of the array's faces ...
+BACKGROUND_FACES = 0.95
+#: ... and of all its voxels.
+BACKGROUND_SHARE = 0.25
+
+
+def _faces(a: np.ndarray) -> np.ndarray:
+    """The six faces of a 3-D array, flattened into one."""
+    return np.concatenate([f.ravel() for f in (a[0], a[-1], a[:, 0], a[:, -1], a[:, :, 0], a[:, :, -1])])
+
+
 def _constant_background(data: np.ndarray) -> float | None:
     """The value of a constant, non-zero background (a z-scored or shifted brain-only image):
     one exact value on >= 95 % of the array's faces and on >= 25 % of its voxels; else None."""
-    faces = np.concatenate([f.ravel() for f in (data[0], data[-1], data[:, 0], data[:, -1],
-                                                  data[:, :, 0], data[:, :, -1])])
+    faces = _faces(data)
     vals, counts = np.unique(faces, return_counts=True)
     i = int(np.argmax(counts))
     b = vals[i]
-    if b == 0 or not np.isfinite(b) or counts[i] < 0.95 * faces.size:
+    if b == 0 or not np.isfinite(b) or counts[i] < BACKGROUND_FACES * faces.size:
         return None
-    if np.count_nonzero(data == b) < 0.25 * data.size:
+    if np.count_nonzero(data == b) < BACKGROUND_SHARE * data.size:
         return None
     return float(b)
 
@@ -358,10 +368,9 @@ def _zero_background(data: np.ndarray) -> bool:
     """True for a preprocessed (brain-only, co-registered) image: >= 25 % of voxels exactly 0
     and the array's faces >= 95 % zero. Raw scans have noise in the air."""
     zero = data == 0
-    if zero.mean() < 0.25:
+    if zero.mean() < BACKGROUND_SHARE:
         return False
-    faces = [zero[0], zero[-1], zero[:, 0], zero[:, -1], zero[:, :, 0], zero[:, :, -1]]
-    return bool(np.mean(np.concatenate([f.ravel() for f in faces])) >= 0.95)
+    return bool(np.mean(_faces(zero)) >= BACKGROUND_FACES)
 
 
 def _register_series(
