@@ -295,6 +295,9 @@ class TumorConfig(_Strict):
     csf_edema_mix: bool = Field(
         True, description="model the partial-volume voxels between healthy CSF and edema as a class of their own"
     )
+    wm_edema_mix: bool = Field(
+        True, description="model the partial-volume voxels between healthy WM and edema as a class of their own"
+    )
     em_iterations: int = Field(
         6, ge=1, le=100, description="EM iterations per round of the tumor mixture (2 rounds: the enclosed core between)"
     )

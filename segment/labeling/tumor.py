@@ -34,7 +34,9 @@ Steps (all sizes in millimetres, so they hold at any voxel size):
    in), with a latent spatial tumor prior (start ``alpha0``, re-estimated
    as the smoothed tumor posterior), local proportions of the tumor classes (``local_mm``,
    ``local_weight``), a partial-volume class for the voxels between healthy CSF and edema
-   (``csf_edema_mix``; its voxels are not tumor), soft signature gates on each tumor class's prior
+   (``csf_edema_mix``; its voxels are not tumor) and one for those between healthy WM and edema at the
+   edema's outline (``wm_edema_mix``; its voxels are edema where FLAIR-brighter than healthy grey
+   matter and connected to the whole tumor, never ET or core), soft signature gates on each tumor class's prior
    (``ed_gate_sd``, ``et_gate_sd``; outside an enclosure the core is also FLAIR-brighter than
    healthy CSF), a mean-field Potts MRF (``mrf_beta``) and, in the second round, the core
    enclosed by enhancement (ET or NCR only) or by tumor (tumor classes only; a blob that is a
@@ -80,7 +82,7 @@ from ..config import TumorConfig
 from ..morphology import bounding_box_of, dilate_mm, erode_mm, remove_small, squared_distance_to
 from ..types import MODALITIES
 from .tumor_model import (
-    HEALTHY, MIX, VESSEL, csf_sections, enclosed_blobs, enclosed_core, fit_healthy, fit_healthy_enhancing,
+    HEALTHY, MIX, MIX_WM, VESSEL, csf_sections, enclosed_blobs, enclosed_core, fit_healthy, fit_healthy_enhancing,
     fit_tumor_mixture, fluid_labels, hull_core, surrounded,
 )
 
@@ -496,7 +498,7 @@ def segment_tumor(
         f, m, reach, spacing, healthy=healthy, healthy_prior=hp, tumor_classes=tcls, init=init, gate=gate,
         alpha0=cfg.alpha0, beta=cfg.mrf_beta, iterations=cfg.em_iterations, close_mm=cfg.core_close_mm,
         cap_mm=cfg.core_cap_mm, min_et_mm3=cfg.min_et_mm3, local_mm=cfg.local_mm,
-        local_weight=cfg.local_weight, csf_edema_mix=cfg.csf_edema_mix,
+        local_weight=cfg.local_weight, csf_edema_mix=cfg.csf_edema_mix, wm_edema_mix=cfg.wm_edema_mix,
         et_body_fraction=cfg.et_body_fraction,
     )
     info["flags"].extend(mix.info.get("flags", []))
@@ -515,6 +517,9 @@ def segment_tumor(
     tum = np.zeros(inb.shape, bool)
     for c in lab_b.values():
         tum |= c
+    # the FLAIR-brighter-than-grey-matter threshold of the tumor's outline (see the edge layer below)
+    jf = hmods.index("flair") if "flair" in hmods else -1
+    top = float(healthy["means"][1][jf] + np.sqrt(healthy["covs"][1][jf, jf])) if jf >= 0 else np.inf
     core = enclosed_core(et, inb, spacing, cfg.core_close_mm, cfg.core_cap_mm) if et.any() else np.zeros_like(et)
     fluid = fluid_labels(arg, cls) & inb
     if core.any():
@@ -572,14 +577,22 @@ def segment_tumor(
             wt &= ~stray
     else:
         ncr = np.zeros_like(wt)
+    if MIX_WM in cls and jf >= 0 and wt.any():
+        # a WM/edema mix voxel is half edema: at the tumor's outline a rater includes it where it is
+        # FLAIR-brighter than healthy grey matter, as the edge layer below does. It joins the whole tumor
+        # as edema (the mix class kept it out of ET and NCR), not the body that encloses a core
+        mixed = (arg == cls.index(MIX_WM)) & inb & (f["flair"][mb] > top) & ~wt
+        ml, _ = ndi.label(mixed | wt, structure=_FULL)
+        ids = np.unique(ml[wt])
+        mixed &= np.isin(ml, ids[ids > 0])
+        wt |= mixed
+        info["wm_edema_mix_ml"] = round(float(np.count_nonzero(mixed) * vv / 1000.0), 3)
     if cfg.edge_mm > 0 and wt.any():
         # the voxels at the tumor's outline that are brighter on FLAIR than healthy grey matter (its mean
         # plus one SD; the brighter healthy parenchyma) are mixed with the edema, whose signal fades over a
         # millimetre or two: the argmax gives them to grey or white matter, a rater's outline of the
         # hyperintensity includes them. The fade is a width in mm: a voxel coarser than it holds the fade
         # and is labelled by its mean (no layer along that axis)
-        jf = hmods.index("flair")
-        top = float(healthy["means"][1][jf] + np.sqrt(healthy["covs"][1][jf, jf]))
         layer = dilate_mm(wt, cfg.edge_mm, spacing) & inb & ~wt & (f["flair"][mb] > top)
         wt |= layer
         info["edge_layer_ml"] = round(float(np.count_nonzero(layer) * vv / 1000.0), 3)
@@ -610,8 +623,9 @@ def segment_tumor(
             if c in cls:
                 sub = np.zeros(m.shape, np.float32)
                 sub[mb] = Q[cls.index(c)]
-                if c == "ED" and MIX in cls:  # a CSF/edema mix voxel is half edema
-                    sub[mb] += 0.5 * Q[cls.index(MIX)]
+                for mx in (MIX, MIX_WM):
+                    if c == "ED" and mx in cls:  # a CSF/edema or WM/edema mix voxel is half edema
+                        sub[mb] += 0.5 * Q[cls.index(mx)]
                 pm[box] = sub
             probs[c] = pm
         ent = np.zeros(mask.shape, np.float32)

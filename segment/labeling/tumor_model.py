@@ -34,6 +34,13 @@ The model of :func:`fit_tumor_mixture` (after Prastawa et al. 2004 and Menze et 
   prior exists only where a CSF and an edema posterior are both within one voxel, so a thick
   cyst is never a "mix". Its voxels are no tumor in the hard labels; in the posterior maps
   half of its posterior goes to edema.
+* **WM/edema partial volume.** The same at the edema's outline in white matter (``MIX_WM``,
+  prior where a WM and an edema posterior are within one voxel). Without it, with T1c and FLAIR
+  alone, a WM voxel in the bright tail of T1c that is half edema on FLAIR looks like weak
+  enhancement, and the enhancing class widens over the whole outline (a T1c + FLAIR phantom:
+  14.5 mL of healthy WM as ET around 8.7 mL of true ET). Its voxels join the whole tumor as edema
+  where they are FLAIR-brighter than healthy grey matter (the outline rule of
+  :func:`segment.labeling.tumor.segment_tumor`), never the enhancing tumor or the core.
 * **Enhancement the tumor surrounds.** Between rounds, an enhancing island of which less than
   ``et_body_fraction`` of the brain around it is tumor (vessels, the falx, the dura touching the
   edema; :func:`surrounded`) loses the ET class, so ET is re-fitted on the tumor's own rim.
@@ -73,6 +80,8 @@ __all__ = [
     "fluid_labels",
     "csf_sections",
     "VESSEL",
+    "MIX",
+    "MIX_WM",
 ]
 
 HEALTHY = ("CSF", "GM", "WM")
@@ -81,6 +90,10 @@ VESSEL = "VES"
 TUMOR = ("NCR", "ED", "ET")
 #: The partial-volume class between healthy CSF and edema (ventricle and sulcal walls in edema).
 MIX = "CSF|ED"
+#: The partial-volume class between healthy WM and edema (the edema's outline in white matter).
+MIX_WM = "WM|ED"
+#: Each partial-volume class and the healthy class (index into HEALTHY) it mixes with edema.
+_MIXES = {MIX: 0, MIX_WM: 2}
 
 #: Sign of each modality in the CSF-likeness and the WM-vs-GM scores used to name healthy classes.
 _CSF_SIGN = {"t1": -1.0, "t1c": -1.0, "t2": 1.0, "flair": -1.0}
@@ -728,6 +741,7 @@ def fit_tumor_mixture(
     local_mm: float = 0.0,
     local_weight: float = 0.0,
     csf_edema_mix: bool = False,
+    wm_edema_mix: bool = False,
     et_body_fraction: float = 0.0,
 ) -> TumorMixtureResult:
     """EM over healthy (fixed) and tumor (estimated) classes inside the bounding box of ``reach``.
@@ -765,6 +779,11 @@ def fit_tumor_mixture(
         tumor class's weight (0: the global weights alone).
     csf_edema_mix : bool
         Add the CSF/edema partial-volume class ``MIX`` (needs ED).
+    wm_edema_mix : bool
+        Add the WM/edema partial-volume class ``MIX_WM`` (needs ED): the voxels at the edema's
+        outline in white matter, between the two on every modality. Without it they are explained
+        by whichever class is widest; with T1c and FLAIR alone that is the enhancing class (a
+        bright-tailed WM voxel that is half edema on FLAIR looks like weak enhancement).
     et_body_fraction : float
         Between rounds, enhancing islands that the tumor does not surround by this share
         (:func:`surrounded`) lose the ET class for the next round (0: off).
@@ -810,14 +829,16 @@ def fit_tumor_mixture(
         hmeans = np.concatenate([hmeans, np.asarray(ves["mean"], np.float64)[None]])
         hcovs = np.concatenate([hcovs, np.asarray(ves["cov"], np.float64)[None]])
 
-    def _mix_params():
-        dlt = means["ED"] - hmeans[0]
-        return 0.5 * (hmeans[0] + means["ED"]), 0.25 * (hcovs[0] + covs["ED"]) + np.outer(dlt, dlt) / 48.0
+    def _mix_params(h):
+        dlt = means["ED"] - hmeans[h]
+        return 0.5 * (hmeans[h] + means["ED"]), 0.25 * (hcovs[h] + covs["ED"]) + np.outer(dlt, dlt) / 48.0
 
-    if csf_edema_mix and "ED" in means:
-        classes.append(MIX)
-        means[MIX], covs[MIX] = _mix_params()
-        tw[MIX] = 0.1 * sum(tw.values())
+    mixes = [c for c, on in ((MIX, csf_edema_mix), (MIX_WM, wm_edema_mix)) if on and "ED" in means]
+    t0 = sum(tw.values())
+    for c in mixes:
+        classes.append(c)
+        means[c], covs[c] = _mix_params(_MIXES[c])
+        tw[c] = 0.1 * t0
     K = len(classes)
     tcls = classes[nh:]
     idxmap = np.full(b.shape, -1, np.int32)
@@ -833,8 +854,8 @@ def fit_tumor_mixture(
     for j, c in enumerate(tcls):
         if gate and c in gate:
             gate_arr[:, j] = np.asarray(gate[c], dtype=np.float64)[box][b]
-    if MIX in tcls:
-        gate_arr[:, tcls.index(MIX)] = 0.0  # no mix before the first posteriors
+    for c in mixes:
+        gate_arr[:, tcls.index(c)] = 0.0  # no mix before the first posteriors
     r_flat = r[b]
     alpha = np.where(r_flat, alpha0, 0.0).astype(np.float32)  # per brain voxel of the box
     qt = np.zeros(b.shape, np.float32)
@@ -872,20 +893,20 @@ def fit_tumor_mixture(
         # M-step: tumor parameters only
         s0, mu, cv = _weighted_moments(X, q, np.arange(nh, K, dtype=np.int64))
         for j, c in enumerate(tcls):
-            if c != MIX and s0[j] * vv >= 1000.0 * 0.05:  # keep a class's last parameters below 0.05 mL
+            if c not in _MIXES and s0[j] * vv >= 1000.0 * 0.05:  # keep a class's last parameters below 0.05 mL
                 means[c] = mu[j]
                 covs[c] = cv[j] + reg * np.eye(d)
-        if MIX in means:
-            means[MIX], covs[MIX] = _mix_params()
+        for c in mixes:
+            means[c], covs[c] = _mix_params(_MIXES[c])
         tot = float(s0.sum())
         if tot > 0:
             tw_new = {c: max(float(s0[j]) / tot, 1e-3) for j, c in enumerate(tcls)}
-            if it == 0 and MIX in tw:  # the mix had no gate yet: keep its start weight
-                tw_new[MIX] = tw[MIX]
+            if it == 0:  # the mixes had no gate yet: keep their start weights
+                tw_new.update({c: tw[c] for c in mixes})
             tw = tw_new
         _tumor_sum_to(idxmap, q, nh, qt)
-        if MIX in tcls:  # a CSF/edema mix lies next to CSF and next to edema
-            _neighbour_max_product(idxmap, q, 0, nh + tcls.index("ED"), gate_arr, tcls.index(MIX))
+        for c in mixes:  # a mix lies next to its healthy class and next to edema
+            _neighbour_max_product(idxmap, q, _MIXES[c], nh + tcls.index("ED"), gate_arr, tcls.index(c))
         if local_mm > 0 and local_weight > 0:
             twl = _local_proportions(q, nh, idxmap, spacing, local_mm, twg)
         num = ndi.gaussian_filter(qt, sig_a, mode="constant", truncate=2.0)
@@ -894,7 +915,7 @@ def fit_tumor_mixture(
         if (it + 1) % iterations == 0 and it + 1 < iterations * rounds:
             lab = np.argmax(q, 1)
             tum = np.zeros(b.shape, bool)
-            tum[b] = (lab >= nh) & (lab != (classes.index(MIX) if MIX in classes else -1))  # a mix is no tumor
+            tum[b] = (lab >= nh) & ~np.isin(lab, [classes.index(c) for c in mixes])  # a mix is no tumor
             tum = morph.remove_small(tum, min_et_mm3, vv)
             if "ET" in tcls:
                 et = np.zeros(b.shape, bool)
@@ -914,7 +935,7 @@ def fit_tumor_mixture(
                 gate_arr[stray[b], et_j] = 0.0
                 info["et_off_ml"] = round(float(stray.sum() * vv / 1000.0), 2)
             mode = np.where(core[b], _IN_CORE, np.where(core_wt[b], _IN_TUMOR, _FREE)).astype(np.int8)
-    rename = name_tumor_classes({k: v for k, v in means.items() if k != MIX}, mods, hmeans[2])
+    rename = name_tumor_classes({k: v for k, v in means.items() if k not in _MIXES}, mods, hmeans[2])
     if any(k != v for k, v in rename.items()):
         info["flags"].append(f"tumor classes renamed by signature after the fit: {rename}")
         classes = [rename.get(c, c) for c in classes]

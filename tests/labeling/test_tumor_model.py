@@ -260,6 +260,27 @@ def test_ventricle_wall_in_edema_is_not_necrosis(tmp_path):
     assert dice(brats_regions(got.labels)["TC"], g["TC"]) >= 0.8
 
 
+def test_edema_outline_in_white_matter_is_not_enhancing_with_t1c_and_flair(tmp_path):
+    """Bug: with T1c and FLAIR alone, the voxels at the edema's outline in white matter (half
+    edema on FLAIR) whose T1c is in the bright tail of healthy WM looked like weak enhancement;
+    no class explained them and the enhancing class widened over them: 14.5 mL of healthy WM
+    labelled ET around 8.7 mL of true ET on this phantom (ET Dice 0.47). The WM/edema
+    partial-volume class explains most of them (5.1 mL remain; ET Dice 0.73)."""
+    ph, mask, feats = _pipeline_case(tmp_path, 0, "standard")
+    sub = {m: feats[m] for m in ("t1c", "flair")}
+    healthy_wm = (ph.tissue == 3) & (ph.tumor == 0)
+    got = segment_tumor(sub, mask, ph.spacing, config=TumorConfig())
+    old = segment_tumor(sub, mask, ph.spacing, config=TumorConfig(wm_edema_mix=False))
+    n_old = int(np.count_nonzero((old.labels == 3) & healthy_wm))
+    n_new = int(np.count_nonzero((got.labels == 3) & healthy_wm))
+    assert n_old > 1000  # the failure this test was written for (8 mm^3 voxels)
+    assert n_new < 0.4 * n_old
+    g = brats_regions(ph.tumor)
+    r = brats_regions(got.labels)
+    assert dice(r["ET"], g["ET"]) >= 0.7
+    assert dice(r["WT"], g["WT"]) >= 0.9
+
+
 def test_local_class_proportions_match_a_full_resolution_smoothing():
     """The coarse-grid local proportions agree with smoothing every class map at full resolution."""
     from scipy import ndimage as ndi
@@ -496,9 +517,10 @@ def test_faint_rim_of_the_edema_is_in_the_whole_tumor():
     on = segment_tumor(f, ph.brain_mask, sp, config=TumorConfig())
     assert TumorConfig().edge_mm >= 1.0
     # without the layer part of the faint rim is grey or white matter (5 % here: the phantom's mixture takes
-    # the rest); with it, all but a few voxels of it are tumor
+    # the rest); with it, all but a few voxels of it are tumor (7 of 844 here: the WM/edema mix class
+    # takes a few faint voxels inside the outline, so the one-voxel layer stops short beyond them)
     assert np.mean(off.labels[rim] > 0) < 0.97
-    assert np.mean(on.labels[rim] > 0) > 0.995
+    assert np.mean(on.labels[rim] > 0) > 0.99
     assert dice(on.labels > 0, truth) > dice(off.labels > 0, truth)
     # the layer only adds, in-plane next to the tumor, FLAIR-brighter than grey matter, labelled edema
     added = (on.labels > 0) & (off.labels == 0)
