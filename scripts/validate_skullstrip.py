@@ -41,7 +41,8 @@ sys.path.insert(0, str(ROOT))
 from segment.io.nifti import load_volume, reorient_to_ras, resample_to  # noqa: E402
 from segment.io.register import apply_rigid, rigid_matrix, rigid_register  # noqa: E402
 from segment.postprocess import fill_holes  # noqa: E402
-from segment.preprocess.skullstrip import template_brain_mask  # noqa: E402
+from segment.config import Config  # noqa: E402
+from segment.preprocess.skullstrip import brain_mask_nonzero, is_brain_only, template_brain_mask  # noqa: E402
 from segment.types import Volume  # noqa: E402
 
 SERIES = ["t1c", "t1", "t2", "flair"]
@@ -71,9 +72,19 @@ def series_on_first(vols: list[Volume]) -> list[Volume]:
 
 
 def strip(vols: list[Volume], mods: list[str]) -> tuple[np.ndarray, dict, float, float]:
+    """The pipeline's brain mask: an image that looks brain-only (zeros around one compact region
+    no larger than a brain) is its non-zero region, anything else is skull-stripped."""
     t0, c0 = time.perf_counter(), time.process_time()
-    mask, info = template_brain_mask(vols, mods)
-    mask = fill_holes(mask)
+    max_ml = Config().preprocess.skullstrip_options.max_volume_ml
+    ref = vols[0]
+    if is_brain_only(ref.data, spacing=ref.spacing, max_ml=max_ml):
+        mask = brain_mask_nonzero(ref.data, ref.spacing)
+        info = {"flags": ["taken as brain-only"], "registration": None}
+    else:
+        mask, info = template_brain_mask(vols, mods)
+        mask = fill_holes(mask)
+        if is_brain_only(ref.data):
+            info["flags"] = list(info["flags"]) + ["zero_background_head"]
     return mask, info, time.perf_counter() - t0, time.process_time() - c0
 
 
@@ -156,6 +167,14 @@ def variants(head: Volume, truth: np.ndarray, name: str, seed: int = 0):
     noisy = np.sqrt((data + rng.normal(0, sig, data.shape)) ** 2 + rng.normal(0, sig, data.shape) ** 2)
     yield "Rician noise 6 %", "Rician noise, sigma 6 % of the brain median", head.with_data(noisy.astype(np.float32)), truth
     yield "offset +30 %", "intensity offset of 30 % of the brain median added everywhere", head.with_data((data + 0.3 * brain_med).astype(np.float32)), truth
+    # air set to zero, as a converter or a background-removal tool writes a head: what is darker than a tenth of
+    # the head's bright end and outside the closed, hole-filled head (per slice, so an open top slice is kept) is 0
+    fg = ndi.binary_closing(data > 0.1 * np.percentile(data, 99), iterations=3)
+    for ax in range(3):
+        fg = np.stack([ndi.binary_fill_holes(sl) for sl in np.moveaxis(fg, ax, 0)], axis=ax)
+    lab, _ = ndi.label(fg)
+    fg = (lab == np.argmax(np.bincount(lab.ravel())[1:]) + 1) | truth
+    yield "air set to 0", "the air outside the head set to exactly 0 (zeros around one compact head: looks brain-only)", head.with_data(np.where(fg, data, 0).astype(np.float32)), truth
 
 
 # ------------------------------------------------------------------ main

@@ -255,7 +255,7 @@ def cmd_skullstrip(args: argparse.Namespace) -> int:
     vol = load_volume(args.image)
     ras = reorient_to_ras(vol)
     flags: list[str] = []
-    if is_brain_only(ras.data):
+    if is_brain_only(ras.data, spacing=ras.spacing):
         mask = brain_mask_nonzero(ras.data, ras.spacing)
     else:
         modality = args.modality

@@ -69,7 +69,10 @@ class SkullstripConfig(_Strict):
         "for tissue priors; the mask stays the non-zero region)"
     )
     min_volume_ml: float = Field(800.0, ge=0, description="flag brain_volume_implausible below this (mL)")
-    max_volume_ml: float = Field(2200.0, gt=0, description="flag brain_volume_implausible above this (mL)")
+    max_volume_ml: float = Field(
+        2200.0, gt=0, description="flag brain_volume_implausible above this (mL); a zero-surrounded image larger "
+        "than this is a head whose air was zeroed (skull-stripped, flag zero_background_head), not brain-only"
+    )
     min_template_dice: float = Field(
         0.85, ge=0, le=1, description="flag mask_template_disagree when the mask's Dice with the warped "
         "template brain is below this"

@@ -75,7 +75,7 @@ def brain_mask_step(loaded: LoadedCase, config: Config) -> tuple[np.ndarray, dic
     head template refined by the image (``preprocess.skullstrip_options``).
 
     The info dict holds ``mask_method`` (``nonzero`` or ``skullstrip``), ``mask_prior``
-    (``template`` or ``none``), ``flags`` (QC strings: ``brain_volume_implausible``,
+    (``template`` or ``none``), ``flags`` (QC strings: ``brain_volume_implausible``, ``zero_background_head``,
     ``mask_template_disagree``, ``registration_poor`` ...), ``brain_volume_ml`` and, when the
     template was registered (also for brain-only inputs), ``registration`` (a
     :class:`segment.io.register.TemplateRegistration`: template mm -> subject mm, ``warp``).
@@ -92,9 +92,19 @@ def brain_mask_step(loaded: LoadedCase, config: Config) -> tuple[np.ndarray, dic
     elif mode == "always":
         brain_only = False
     else:
-        brain_only = is_brain_only(ref.data)
+        brain_only = is_brain_only(ref.data, spacing=ref.spacing, max_ml=opts.max_volume_ml)
     info: dict[str, object] = {}
     flags: list[str] = []
+    if mode not in ("never", "always") and not brain_only and is_brain_only(ref.data):
+        # zeros around one compact region, but a region larger than any brain: a head whose air
+        # was set to zero (or a constant background load_case set to zero), skull-stripped
+        ml = float(np.count_nonzero(ref.data)) * float(np.prod(ref.spacing)) / 1000.0
+        flags.append("zero_background_head")
+        info["zero_background_head"] = (
+            f"{ref.path}: zero background around {ml:.0f} mL, more than a brain "
+            f"(preprocess.skullstrip_options.max_volume_ml {opts.max_volume_ml:g}): skull-stripped as a head"
+        )
+        log.warning("%s", info["zero_background_head"])
     if brain_only:
         # the reference image alone defines the brain: a series resampled from another grid
         # has an interpolated rim (and its own field of view) that would enlarge the mask

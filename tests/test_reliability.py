@@ -537,3 +537,32 @@ def test_sigterm_stops_the_batch_like_ctrl_c(case, tmp_path):
     assert (out / "report.csv").is_file()
     assert not (out / ".segment-batch.lock").exists()
     assert not [p for p in out.iterdir() if p.name.startswith(".staging-")]
+
+
+@pytest.mark.parametrize("air", ["zero", "constant"])
+def test_head_with_zeroed_or_constant_air_is_skull_stripped_not_taken_whole(tmp_path, air):
+    """Bug: a head whose air is exactly 0, or one constant value (which load_case sets to 0), was
+    taken for a skull-stripped brain: the whole head became the brain mask, with no flag but the
+    implausible volume. A zero-surrounded region larger than a brain is now skull-stripped as a
+    head, with the ``zero_background_head`` QC flag."""
+    from segment.config import Config
+    from segment.io.cases import find_case, load_case
+    from segment.phantom import make_phantom, write_phantom_case
+    from segment.pipeline import brain_mask_step
+
+    ph = make_phantom(1, skull=True, modalities=("t1", "flair"))
+    head = ph.images["t1"] > 0.1 * np.percentile(ph.images["t1"], 99)
+    from scipy import ndimage as ndi
+
+    head = ndi.binary_fill_holes(ndi.binary_closing(head, iterations=2))
+    for m, v in ph.images.items():
+        v[~head] = 0.0 if air == "zero" else 1234.5
+    loaded = load_case(find_case(write_phantom_case(tmp_path, ph, f"head_{air}")))
+    v_ml = float(np.prod(ph.spacing)) / 1000.0
+    assert head.sum() * v_ml > Config().preprocess.skullstrip_options.max_volume_ml  # a head, not a brain
+    mask, info = brain_mask_step(loaded, Config())
+    assert "zero_background_head" in info["flags"]
+    assert info["mask_method"] == "skullstrip"
+    assert dice(mask, ph.brain_mask) > 0.9
+    assert mask.sum() * v_ml < 1.2 * ph.brain_mask.sum() * v_ml
+

@@ -121,6 +121,8 @@ def is_brain_only(
     min_zero_fraction: float = 0.25,
     max_border_nonzero: float = 0.05,
     min_fill: float = 0.85,
+    spacing: Sequence[float] | None = None,
+    max_ml: float = 2200.0,
 ) -> bool:
     """Tell whether an image is already skull-stripped (zero background around the brain).
 
@@ -140,6 +142,14 @@ def is_brain_only(
     min_fill : float
         Minimum fraction of the non-zero region's filled largest component covered by non-zero
         voxels (a brain is a compact blob, not scattered noise).
+    spacing : sequence of 3 floats, optional
+        Voxel size in mm. With it, a zero-surrounded region larger than ``max_ml`` is no brain: a
+        head whose air was set to zero (by a converter, a defacing or background-removal tool, or
+        :func:`segment.io.cases.load_case` for a constant background) is compact and surrounded by
+        zeros too, and would otherwise be segmented whole as "brain".
+    max_ml : float
+        The largest brain-only region (mL; an adult brain with its CSF is 1000-2000 mL, a head
+        holding the whole brain 2500-5000 mL).
 
     Returns
     -------
@@ -162,6 +172,8 @@ def is_brain_only(
     faces = [nz[0], nz[-1], nz[:, 0], nz[:, -1], nz[:, :, 0], nz[:, :, -1]]
     border = np.mean(np.concatenate([f.ravel() for f in faces]))
     if border > max_border_nonzero:
+        return False
+    if spacing is not None and n * float(np.prod(_check_spacing(spacing))) / 1000.0 > max_ml:
         return False
     box = bounding_box(nz)
     main = _largest_component(nz[box])

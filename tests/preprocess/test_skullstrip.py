@@ -111,6 +111,26 @@ def test_is_brain_only_and_nonzero_mask():
     assert not is_brain_only(np.zeros((10, 10, 10)))
 
 
+def test_head_with_zeroed_air_is_not_brain_only():
+    """Bug: a raw head whose air was set to zero (a converter, a defacing or background-removal
+    tool, or load_case for a constant background) is one compact region surrounded by zeros, so it
+    was taken for a skull-stripped brain and segmented whole (tcia_raw's T1 with its air zeroed:
+    2562 mL of 'brain'). With the voxel size, a region larger than any brain is a head."""
+    img, truth = synthetic_head((2.0, 2.0, 2.0))
+    from scipy import ndimage as ndi
+
+    head = ndi.binary_fill_holes(img > 0.1 * np.percentile(img, 99))  # the head, its dark skull inside
+    zeroed = np.where(head, img, 0.0).astype(np.float32)
+    sp = (2.0, 2.0, 2.0)
+    ml = lambda m: float(np.count_nonzero(m)) * 8.0 / 1000.0
+    assert is_brain_only(zeroed)  # the failure: zeros alone cannot tell a head from a brain
+    limit = 0.5 * (ml(truth) + ml(zeroed != 0))  # between this phantom's brain and head
+    assert not is_brain_only(zeroed, spacing=sp, max_ml=limit)
+    assert is_brain_only(np.where(truth, img, 0.0).astype(np.float32), spacing=sp, max_ml=limit)
+    # the voxel size counts: the same arrays at 1 mm are an eighth of the volume
+    assert is_brain_only(zeroed, spacing=(1.0, 1.0, 1.0), max_ml=limit)
+
+
 @pytest.mark.parametrize("value", [0.0, 7.0])
 def test_empty_or_constant_image_raises(value):
     img = np.full((30, 30, 30), value, np.float32)
