@@ -271,6 +271,8 @@ def cmd_skullstrip(args: argparse.Namespace) -> int:
             flags = list(info["flags"])
         else:
             mask = skullstrip([ras.data], ras.spacing, modalities=[modality])
+        if is_brain_only(ras.data):  # zeros around a region larger than a brain: a head with its air zeroed
+            flags.append("zero_background_head")
     mask = fill_holes(mask)
     if not mask.any():
         raise SegmentError(f"{args.image}: empty brain mask")

@@ -89,6 +89,22 @@ def test_every_output_form_writes_mask_brain_and_biascorr(head, tmp_path, form, 
     assert cv(c) < 0.93 * cv(data)
 
 
+def test_head_with_zeroed_air_is_skull_stripped_and_flagged(head, tmp_path, capsys):
+    """Bug: a head whose air was set to exactly 0 looked brain-only, and its whole head came back
+    as the mask. Larger than a brain, it is now skull-stripped, with the zero_background_head flag."""
+    from scipy import ndimage as ndi
+
+    path, data, truth, wm = head
+    fg = ndi.binary_fill_holes(ndi.binary_closing(data > 0.1 * np.percentile(data, 99), iterations=2))
+    src = tmp_path / "zeroed_T1w.nii.gz"
+    nib.save(nib.Nifti1Image(np.where(fg, data, 0).astype(np.float32), nib.load(str(path)).affine), str(src))
+    assert main(["skullstrip", str(src), "--out", str(tmp_path / "m.nii.gz"), "--no-template"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert "zero_background_head" in printed["flags"]
+    m = _check_mask(tmp_path / "m.nii.gz", nib.load(str(path)).affine, truth)
+    assert m.sum() < 1.3 * truth.sum()  # not the whole head
+
+
 def test_mask_only_by_default(head, tmp_path, capsys):
     path, _, _, _ = head
     assert main(["skullstrip", str(path), "--out", str(tmp_path / "p")]) == 0
