@@ -40,6 +40,7 @@ validate: $(VENV)/.installed-test
 	$(BIN)/python scripts/validate_degraded.py --data $(DATA) --out docs/validation_degraded.md
 	$(BIN)/python scripts/validate_ibsr.py --data $(DATA) --out docs/validation_ibsr.md
 	$(BIN)/python scripts/ibsr_ceiling.py --data $(DATA) --out docs/validation_ibsr_ceiling.md
+	$(BIN)/python scripts/validate_ibsr_thick.py --data $(DATA) --out docs/validation_ibsr_thick.md
 	$(BIN)/python scripts/validate_inputs.py --data $(DATA) --out docs/validation_inputs.md
 	$(BIN)/python scripts/validate_subsets.py --data $(DATA) --out docs/validation_subsets.md
 	$(BIN)/python scripts/validate_skullstrip.py --data $(DATA) --out docs/validation_skullstrip.md
