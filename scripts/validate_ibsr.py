@@ -131,6 +131,46 @@ def overlay(path: Path, t1: np.ndarray, truth: np.ndarray, pred: np.ndarray, tit
     return j
 
 
+#: How the tables name each method.
+NAMES = {"segment": "segment", "sklearn": "scikit-learn GMM", "atropos": "Atropos"}
+
+
+def peer_setup(no_peers: bool, ants_python: str | None) -> tuple[str | None, str, list[str]]:
+    """``(atropos python or None, note on antspyx, methods to run)``."""
+    apy, ants_note = (None, "not run (--no-peers)")
+    if not no_peers:
+        apy, ants_note = atropos_available(ants_python)
+        if apy is None:
+            print(ants_note, file=sys.stderr)
+    return apy, ants_note, ["segment"] + ([] if no_peers else ["sklearn"]) + (["atropos"] if apy else [])
+
+
+def ibsr_subjects(root: Path) -> list[str]:
+    """The subject folders of ``root`` holding a T1 and its manual labels."""
+    return sorted(p.name for p in root.iterdir() if (p / "t1.nii.gz").is_file() and (p / "seg_tissue.nii.gz").is_file())
+
+
+def run_flags(info: dict) -> list[str]:
+    """A run's QC flags: the pipeline's and every step's, each once."""
+    fl = list(info.get("flags") or [])
+    for v in info.values():
+        if isinstance(v, dict):
+            fl += [str(f) for f in (v.get("flags") or [])]
+    return list(dict.fromkeys(fl))
+
+
+def segment_timed(folder: Path, config, warm: bool):
+    """``(result, labels 0-3, seconds)`` of ``run_pipeline`` on ``folder``; with ``warm``, one untimed
+    run first (compiles / loads the cached kernels)."""
+    if warm:
+        run_pipeline(folder, config)
+    t = time.perf_counter()
+    seg = run_pipeline(folder, config)
+    secs = time.perf_counter() - t
+    pred = np.asarray(seg.tissue).astype(np.uint8)
+    return seg, np.where(pred <= 3, pred, 0), secs  # (no tumor expected: a lone T1)
+
+
 def fmt(d: dict[str, float] | None, secs: float | None) -> list[str]:
     if d is None:
         return ["", "", "", ""]
@@ -149,7 +189,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     root = args.data / "ibsr"
-    subjects = sorted(p.name for p in root.iterdir() if (p / "t1.nii.gz").is_file() and (p / "seg_tissue.nii.gz").is_file())
+    subjects = ibsr_subjects(root)
     if args.subjects:
         want = [s.strip() for s in args.subjects.split(",") if s.strip()]
         missing = [s for s in want if s not in subjects]
@@ -157,13 +197,8 @@ def main(argv=None) -> int:
             ap.error(f"no such subject under {root}: {', '.join(missing)} (have {', '.join(subjects)})")
         subjects = want
     config = load_config_file(args.config)
-    apy, ants_note = (None, "not run (--no-peers)")
-    if not args.no_peers:
-        apy, ants_note = atropos_available(args.ants_python)
-        if apy is None:
-            print(ants_note, file=sys.stderr)
-    methods = ["segment"] + ([] if args.no_peers else ["sklearn"]) + (["atropos"] if apy else [])
-    names = {"segment": "segment", "sklearn": "scikit-learn GMM", "atropos": "Atropos"}
+    apy, ants_note, methods = peer_setup(args.no_peers, args.ants_python)
+    names = NAMES
     res: dict[tuple[str, str], tuple[dict[str, float], float]] = {}
     conf: dict[str, dict[str, float]] = {}
     flags: dict[str, list[str]] = {}
@@ -178,24 +213,13 @@ def main(argv=None) -> int:
             truth, _ = read_ras(folder / "seg_tissue.nii.gz", dtype=np.float32)
             truth = np.rint(truth).astype(np.uint8)
             brain = t1 > 0
-            if warm:
-                run_pipeline(folder, config)  # compile / load cached kernels once, untimed
-                warm = False
-            t = time.perf_counter()
-            seg = run_pipeline(folder, config)
-            secs = time.perf_counter() - t
-            pred = np.asarray(seg.tissue).astype(np.uint8)
+            seg, pred, secs = segment_timed(folder, config, warm)
+            warm = False
             if pred.shape != truth.shape:
                 raise RuntimeError(f"{s}: segment's labels {pred.shape} vs truth {truth.shape}")
-            pred = np.where(pred <= 3, pred, 0)  # (no tumor expected: a lone T1)
             res[(s, "segment")] = (scores(pred, truth), secs)
             conf[s] = confusion(np.where(truth > 0, pred, 0), truth)
-            info = seg.info
-            fl = list(info.get("flags") or [])
-            for v in info.values():
-                if isinstance(v, dict):
-                    fl += [str(f) for f in (v.get("flags") or [])]
-            flags[s] = list(dict.fromkeys(fl))
+            flags[s] = run_flags(seg.info)
             slices[s] = overlay(args.figures / f"ibsr_{s.lower().replace('ibsr_', '')}.png", t1, truth, pred, s)
             if "sklearn" in methods:
                 lab, sec = sklearn_gmm(t1, brain, 0)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,11 +34,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _docs import NOTES, doc_command, kept_notes, load_config_file, machine_line  # noqa: E402
-from _peers import atropos_available, run_atropos  # noqa: E402
-from validate_ibsr import read_ras, scores, sklearn_gmm  # noqa: E402
+from _peers import run_atropos  # noqa: E402
+from validate_ibsr import (  # noqa: E402
+    NAMES, ibsr_subjects, peer_setup, read_ras, run_flags, scores, segment_timed, sklearn_gmm,
+)
 
 from segment.io.nifti import save_volume  # noqa: E402
-from segment.pipeline import run_pipeline  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 
@@ -77,16 +77,10 @@ def main(argv=None) -> int:
     root = args.data / "ibsr"
     if not root.is_dir():
         ap.error(f"{root}: no such folder")
-    subjects = sorted(p.name for p in root.iterdir()
-                      if (p / "t1.nii.gz").is_file() and (p / "seg_tissue.nii.gz").is_file())
+    subjects = ibsr_subjects(root)
     config = load_config_file(args.config)
-    apy, ants_note = (None, "not run (--no-peers)")
-    if not args.no_peers:
-        apy, ants_note = atropos_available(args.ants_python)
-        if apy is None:
-            print(ants_note, file=sys.stderr)
-    methods = ["segment"] + ([] if args.no_peers else ["sklearn"]) + (["atropos"] if apy else [])
-    names = {"segment": "segment", "sklearn": "scikit-learn GMM", "atropos": "Atropos"}
+    apy, ants_note, methods = peer_setup(args.no_peers, args.ants_python)
+    names = NAMES
     rows = []  # (subject, mm, {method: (scores, seconds)}, segment volumes, truth volumes, flags)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -100,22 +94,13 @@ def main(argv=None) -> int:
                 folder = tmp / f"{s}_{k}"
                 folder.mkdir()
                 img_p = save_volume(x, a2, folder / "t1.nii.gz", dtype=np.float32)
-                if warm:
-                    run_pipeline(folder, config)  # compile / load cached kernels once, untimed
-                    warm = False
-                t = time.perf_counter()
-                seg = run_pipeline(folder, config)
-                secs = time.perf_counter() - t
-                pred = np.asarray(seg.tissue).astype(np.uint8)
-                pred = np.where(pred <= 3, pred, 0)
+                seg, pred, secs = segment_timed(folder, config, warm)
+                warm = False
                 res = {"segment": (scores(pred, tr), secs)}
                 vv = float(abs(np.linalg.det(a2[:3, :3]))) / 1000.0
                 vol = [float(np.count_nonzero((pred == c) & (tr > 0))) * vv for c in (2, 3)]
                 tvol = [float(np.count_nonzero(tr == c)) * vv for c in (2, 3)]
-                fl = list(seg.info.get("flags") or [])
-                for v in seg.info.values():
-                    if isinstance(v, dict):
-                        fl += [str(f) for f in (v.get("flags") or [])]
+                fl = run_flags(seg.info)
                 brain = x > 0
                 if "sklearn" in methods:
                     lab, sec = sklearn_gmm(x, brain, 0)
@@ -124,7 +109,7 @@ def main(argv=None) -> int:
                     mask_p = save_volume(brain.astype(np.uint8), a2, tmp / f"{s}_{k}_mask.nii.gz", dtype=np.uint8)
                     lab, sec, _ = run_atropos(apy, img_p, mask_p, tmp / f"{s}_{k}_atropos.nii.gz")
                     res["atropos"] = (scores(lab, tr), sec)
-                rows.append((s, mm, res, vol, tvol, list(dict.fromkeys(fl))))
+                rows.append((s, mm, res, vol, tvol, fl))
                 print(f"{s} {mm:.1f} mm: " + "  ".join(
                     f"{names[m]} GM {res[m][0]['GM']:.3f} WM {res[m][0]['WM']:.3f}" for m in methods)
                     + f"  GM/WM {vol[0]:.0f}/{vol[1]:.0f} mL (labels {tvol[0]:.0f}/{tvol[1]:.0f})", flush=True)
