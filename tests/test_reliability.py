@@ -549,11 +549,10 @@ def test_head_with_zeroed_or_constant_air_is_skull_stripped_not_taken_whole(tmp_
     from segment.io.cases import find_case, load_case
     from segment.phantom import make_phantom, write_phantom_case
     from segment.pipeline import brain_mask_step
+    from scipy import ndimage as ndi
 
     ph = make_phantom(1, skull=True, modalities=("t1", "flair"))
     head = ph.images["t1"] > 0.1 * np.percentile(ph.images["t1"], 99)
-    from scipy import ndimage as ndi
-
     head = ndi.binary_fill_holes(ndi.binary_closing(head, iterations=2))
     for m, v in ph.images.items():
         v[~head] = 0.0 if air == "zero" else 1234.5

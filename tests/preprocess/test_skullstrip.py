@@ -116,15 +116,15 @@ def test_head_with_zeroed_air_is_not_brain_only():
     tool, or load_case for a constant background) is one compact region surrounded by zeros, so it
     was taken for a skull-stripped brain and segmented whole (tcia_raw's T1 with its air zeroed:
     2562 mL of 'brain'). With the voxel size, a region larger than any brain is a head."""
-    img, truth = synthetic_head((2.0, 2.0, 2.0))
     from scipy import ndimage as ndi
 
+    img, truth = synthetic_head((2.0, 2.0, 2.0))
     head = ndi.binary_fill_holes(img > 0.1 * np.percentile(img, 99))  # the head, its dark skull inside
     zeroed = np.where(head, img, 0.0).astype(np.float32)
     sp = (2.0, 2.0, 2.0)
-    ml = lambda m: float(np.count_nonzero(m)) * 8.0 / 1000.0
     assert is_brain_only(zeroed)  # the failure: zeros alone cannot tell a head from a brain
-    limit = 0.5 * (ml(truth) + ml(zeroed != 0))  # between this phantom's brain and head
+    # a limit between this phantom's brain and head volumes (mL of 8 mm^3 voxels)
+    limit = 0.5 * (np.count_nonzero(truth) + np.count_nonzero(zeroed)) * 8.0 / 1000.0
     assert not is_brain_only(zeroed, spacing=sp, max_ml=limit)
     assert is_brain_only(np.where(truth, img, 0.0).astype(np.float32), spacing=sp, max_ml=limit)
     # the voxel size counts: the same arrays at 1 mm are an eighth of the volume
