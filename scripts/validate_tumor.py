@@ -180,6 +180,13 @@ with T1c or FLAIR below the edema's mean - 1 SD are core (a rater outlines ET, T
   no voxel of theirs into the whole tumor). Seed 0 keeps 5.1 mL of healthy WM as ET, 2-6 mm outside the edema: pure
   WM in T1c's bright tail with FLAIR noise; a FLAIR gate of ET at grey matter's level would drop it but also the
   FLAIR-dark enhancing wall of pat0005 (its ET's FLAIR median 1.1, grey matter 0.2 +- 0.6).
+- A core component the tumor does not surround (less than `et_body_fraction` of the brain around it is edema or ET),
+  2026-12-07: cystic seed 3 has a ventricle compressed to a slit running through the edema, against the enhancing
+  rim and on outside the tumor; the core class (CSF-like there, as the cyst is) took 7.6 mL of it and, touching ET,
+  it was kept (TC 0.572). Dropped like an enhancing island the tumor does not surround: TC 0.906, WT 0.929 -> 0.970;
+  no other phantom, BRATS 2013 case, degraded variant, brats_glioma or tcia_raw changes. Measuring the CSF-section
+  opening in mm instead of voxels (a slit 2 voxels wide vanished in the opening) changed nothing there: the NCR came
+  from the core class itself, not from an enclosure.
 - The healthy classes take spatial priors (`healthy_prior`), but the pipeline does not pass atlas priors yet.
 """
 

@@ -286,7 +286,8 @@ class TumorConfig(_Strict):
         "choroid plexus, dura), fitted away from the tumor, so the enhancing tumor class is not drawn to them"
     )
     et_body_fraction: float = Field(
-        0.33, ge=0, le=1, description="an enhancing island is tumor only if this share of the brain around it is tumor body"
+        0.33, ge=0, le=1, description="an enhancing island, or a component of the core, is tumor only if this share of "
+        "the brain around it is tumor body"
     )
     ed_gate_sd: float = Field(1.0, ge=-2, le=10, description="edema class: FLAIR this many healthy GM SDs above GM")
     local_mm: float = Field(

@@ -50,7 +50,8 @@ Steps (all sizes in millimetres, so they hold at any voxel size):
    it: vessels, the falx and the dura that touch the edema lie in healthy tissue. When there is
    enhancement, an NCR island that touches neither ET nor an enclosed core (within
    ``et_touch_mm``) is no tumor: partial volume of CSF with edema or grey matter at a sulcus or
-   the brain surface.
+   the brain surface; nor is an NCR component of which the rest of the tumor makes up less than
+   ``et_body_fraction`` of the brain around it (a slit ventricle through the edema).
    ``want_probabilities`` returns the NCR/ED/ET posteriors (float32) and the voxel-wise entropy
    of the full (healthy + tumor) posterior.
 
@@ -573,6 +574,11 @@ def segment_tumor(
             anchor = dilate_mm(et | core, cfg.et_touch_mm, spacing)
             keep = np.unique(nl[anchor & ncr])
             stray = ncr & ~np.isin(nl, keep[keep > 0])
+            # and the tumor surrounds it, as it does an enhancing island (tumor_model.surrounded): a core
+            # component whose surroundings are mostly healthy is a CSF space the core class took, such as a
+            # ventricle compressed to a slit that runs through the edema against the enhancing rim and on,
+            # far outside the tumor (a 2 mm cystic phantom: 7.6 mL of healthy CSF and WM labelled NCR)
+            stray |= ncr & ~surrounded(ncr, wt & ~ncr, inb, cfg.et_body_fraction)
             ncr &= ~stray
             wt &= ~stray
     else:
