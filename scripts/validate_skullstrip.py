@@ -42,7 +42,7 @@ from segment.io.nifti import load_volume, reorient_to_ras, resample_to  # noqa: 
 from segment.io.register import apply_rigid, rigid_matrix, rigid_register  # noqa: E402
 from segment.postprocess import fill_holes  # noqa: E402
 from segment.config import Config  # noqa: E402
-from segment.preprocess.skullstrip import brain_mask_nonzero, is_brain_only, template_brain_mask  # noqa: E402
+from segment.preprocess.skullstrip import brain_mask_nonzero, template_brain_mask, zero_background_kind  # noqa: E402
 from segment.types import Volume  # noqa: E402
 
 SERIES = ["t1c", "t1", "t2", "flair"]
@@ -75,15 +75,16 @@ def strip(vols: list[Volume], mods: list[str]) -> tuple[np.ndarray, dict, float,
     """The pipeline's brain mask: an image that looks brain-only (zeros around one compact region
     no larger than a brain) is its non-zero region, anything else is skull-stripped."""
     t0, c0 = time.perf_counter(), time.process_time()
-    max_ml = Config().preprocess.skullstrip_options.max_volume_ml
     ref = vols[0]
-    if is_brain_only(ref.data, spacing=ref.spacing, max_ml=max_ml):
+    kind = zero_background_kind(ref.data, spacing=ref.spacing,
+                                max_ml=Config().preprocess.skullstrip_options.max_volume_ml)
+    if kind == "brain":
         mask = brain_mask_nonzero(ref.data, ref.spacing)
         info = {"flags": ["taken as brain-only"], "registration": None}
     else:
         mask, info = template_brain_mask(vols, mods)
         mask = fill_holes(mask)
-        if is_brain_only(ref.data):
+        if kind == "head":
             info["flags"] = list(info["flags"]) + ["zero_background_head"]
     return mask, info, time.perf_counter() - t0, time.process_time() - c0
 

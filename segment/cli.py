@@ -245,7 +245,7 @@ def cmd_skullstrip(args: argparse.Namespace) -> int:
 
     from .io.nifti import from_ras, load_volume, reorient_to_ras, save_volume
     from .postprocess import fill_holes
-    from .preprocess.skullstrip import brain_mask_nonzero, is_brain_only, skullstrip
+    from .preprocess.skullstrip import brain_mask_nonzero, skullstrip, zero_background_kind
 
     if not args.image.is_file():
         raise SegmentError(f"{args.image}: image file not found")
@@ -255,7 +255,8 @@ def cmd_skullstrip(args: argparse.Namespace) -> int:
     vol = load_volume(args.image)
     ras = reorient_to_ras(vol)
     flags: list[str] = []
-    if is_brain_only(ras.data, spacing=ras.spacing):
+    background = zero_background_kind(ras.data, spacing=ras.spacing)
+    if background == "brain":
         mask = brain_mask_nonzero(ras.data, ras.spacing)
     else:
         modality = args.modality
@@ -271,7 +272,7 @@ def cmd_skullstrip(args: argparse.Namespace) -> int:
             flags = list(info["flags"])
         else:
             mask = skullstrip([ras.data], ras.spacing, modalities=[modality])
-        if is_brain_only(ras.data):  # zeros around a region larger than a brain: a head with its air zeroed
+        if background == "head":  # zeros around a region larger than a brain: a head with its air zeroed
             flags.append("zero_background_head")
     mask = fill_holes(mask)
     if not mask.any():

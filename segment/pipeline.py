@@ -81,21 +81,23 @@ def brain_mask_step(loaded: LoadedCase, config: Config) -> tuple[np.ndarray, dic
     :class:`segment.io.register.TemplateRegistration`: template mm -> subject mm, ``warp``).
     """
     from .io.register import register_template
-    from .preprocess.skullstrip import brain_mask_nonzero, is_brain_only, skullstrip, template_brain_mask
+    from .preprocess.skullstrip import brain_mask_nonzero, skullstrip, template_brain_mask, zero_background_kind
 
     mode = config.preprocess.skullstrip
     opts = config.preprocess.skullstrip_options
     vols = [loaded.images[m] for m in loaded.modalities]
     ref = loaded.images[loaded.modalities[0]]
+    background = None
     if mode == "never":
         brain_only = True
     elif mode == "always":
         brain_only = False
     else:
-        brain_only = is_brain_only(ref.data, spacing=ref.spacing, max_ml=opts.max_volume_ml)
+        background = zero_background_kind(ref.data, spacing=ref.spacing, max_ml=opts.max_volume_ml)
+        brain_only = background == "brain"
     info: dict[str, object] = {}
     flags: list[str] = []
-    if mode not in ("never", "always") and not brain_only and is_brain_only(ref.data):
+    if background == "head":
         # zeros around one compact region, but a region larger than any brain: a head whose air
         # was set to zero (or a constant background load_case set to zero), skull-stripped
         ml = float(np.count_nonzero(ref.data)) * float(np.prod(ref.spacing)) / 1000.0

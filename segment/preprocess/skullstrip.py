@@ -52,6 +52,7 @@ from segment.postprocess import bounding_box, fill_holes, fill_holes_nd
 
 __all__ = [
     "is_brain_only",
+    "zero_background_kind",
     "brain_mask_nonzero",
     "skullstrip",
     "mask_quality_flags",
@@ -115,7 +116,7 @@ def _check_volume(data: np.ndarray, what: str = "image") -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # brain-only images
 # --------------------------------------------------------------------------------------------
-def is_brain_only(
+def zero_background_kind(
     data: np.ndarray,
     *,
     min_zero_fraction: float = 0.25,
@@ -123,12 +124,16 @@ def is_brain_only(
     min_fill: float = 0.85,
     spacing: Sequence[float] | None = None,
     max_ml: float = 2200.0,
-) -> bool:
-    """Tell whether an image is already skull-stripped (zero background around the brain).
+) -> str | None:
+    """What a zero background surrounds: ``"brain"`` (an already skull-stripped image), ``"head"``
+    (one larger than any brain: a head whose air was set to zero) or None (no such background).
 
     Brain-only images (BraTS, the MNI152 brain template) have a large region of *exactly* zero
     voxels that surrounds one compact non-zero region. Raw scans have noise in the air, so exact
-    zeros are rare or form only thin bands (zero padding, a cropped field of view).
+    zeros are rare or form only thin bands (zero padding, a cropped field of view). A head whose
+    air was set to zero (by a converter, a defacing or background-removal tool, or
+    :func:`segment.io.cases.load_case` for a constant background) is compact and surrounded by
+    zeros too; only its size tells it from a brain.
 
     Parameters
     ----------
@@ -143,18 +148,46 @@ def is_brain_only(
         Minimum fraction of the non-zero region's filled largest component covered by non-zero
         voxels (a brain is a compact blob, not scattered noise).
     spacing : sequence of 3 floats, optional
-        Voxel size in mm. With it, a zero-surrounded region larger than ``max_ml`` is no brain: a
-        head whose air was set to zero (by a converter, a defacing or background-removal tool, or
-        :func:`segment.io.cases.load_case` for a constant background) is compact and surrounded by
-        zeros too, and would otherwise be segmented whole as "brain".
+        Voxel size in mm. Without it every zero-surrounded region is a ``"brain"``.
     max_ml : float
         The largest brain-only region (mL; an adult brain with its CSF is 1000-2000 mL, a head
         holding the whole brain 2500-5000 mL).
 
-    Returns
-    -------
-    bool
-        True when the image looks already brain-only.
+    Examples
+    --------
+    >>> img = np.zeros((20, 20, 20)); img[5:15, 5:15, 5:15] = 1.0
+    >>> zero_background_kind(img), zero_background_kind(img, spacing=(15, 15, 15))  # 1000 voxels: 3375 mL
+    ('brain', 'head')
+    """
+    a = _check_volume(data)
+    nz = a != 0
+    n = nz.sum()
+    if n == 0 or (1.0 - n / a.size) < min_zero_fraction:
+        return None
+    faces = [nz[0], nz[-1], nz[:, 0], nz[:, -1], nz[:, :, 0], nz[:, :, -1]]
+    border = np.mean(np.concatenate([f.ravel() for f in faces]))
+    if border > max_border_nonzero:
+        return None
+    box = bounding_box(nz)
+    main = _largest_component(nz[box])
+    if main.sum() < 0.9 * n:
+        return None
+    filled = fill_holes_nd(main)
+    if main.sum() < min_fill * filled.sum():
+        return None
+    # the zero region must surround the brain: what is not the filled brain is (mostly) zero
+    outside_nonzero = n - np.count_nonzero(nz[box] & filled)
+    outside = nz.size - np.count_nonzero(filled)
+    if not outside or outside_nonzero >= 0.01 * outside:
+        return None
+    if spacing is not None and n * float(np.prod(_check_spacing(spacing))) / 1000.0 > max_ml:
+        return "head"
+    return "brain"
+
+
+def is_brain_only(data: np.ndarray, **kwargs) -> bool:
+    """Whether an image is already skull-stripped: :func:`zero_background_kind` is ``"brain"``
+    (same keyword arguments; with ``spacing``, a zero-surrounded head is not brain-only).
 
     Examples
     --------
@@ -164,28 +197,7 @@ def is_brain_only(
     >>> is_brain_only(img + np.random.default_rng(0).random(img.shape))
     False
     """
-    a = _check_volume(data)
-    nz = a != 0
-    n = nz.sum()
-    if n == 0 or (1.0 - n / a.size) < min_zero_fraction:
-        return False
-    faces = [nz[0], nz[-1], nz[:, 0], nz[:, -1], nz[:, :, 0], nz[:, :, -1]]
-    border = np.mean(np.concatenate([f.ravel() for f in faces]))
-    if border > max_border_nonzero:
-        return False
-    if spacing is not None and n * float(np.prod(_check_spacing(spacing))) / 1000.0 > max_ml:
-        return False
-    box = bounding_box(nz)
-    main = _largest_component(nz[box])
-    if main.sum() < 0.9 * n:
-        return False
-    filled = fill_holes_nd(main)
-    if main.sum() < min_fill * filled.sum():
-        return False
-    # the zero region must surround the brain: what is not the filled brain is (mostly) zero
-    outside_nonzero = n - np.count_nonzero(nz[box] & filled)
-    outside = nz.size - np.count_nonzero(filled)
-    return bool(outside_nonzero < 0.01 * outside) if outside else False
+    return zero_background_kind(data, **kwargs) == "brain"
 
 
 def brain_mask_nonzero(
