@@ -257,10 +257,14 @@ class TumorConfig(_Strict):
         "holds its cyst"
     )
     core_hull_edema: bool = Field(
-        False, description="with core_hull: edema-looking voxels inside that hull are core too (the tumor's "
-        "non-enhancing part, core in the BraTS protocol: BRATS 2013 pat0006 TC 0.813 -> 0.886, pat0005 0.831 -> "
-        "0.812); off by default: where the enhancing class over-reaches (T1c + FLAIR phantoms, ET 28 of 9 mL) "
-        "its hull takes the edema (TC 0.80 -> 0.58)"
+        True, description="with core_hull: edema-labelled regions inside that hull that are darker on FLAIR than "
+        "the edema (median under its mean by core_hull_edema_sd of its SDs) are core: the tumor's non-enhancing "
+        "solid part, core in the BraTS protocol (BRATS 2013 pat0006 TC 0.813 -> 0.88)"
+    )
+    core_hull_edema_sd: float = Field(
+        0.5, ge=0, description="how much darker on FLAIR than the edema (its SDs under its mean, the region's "
+        "median) a region amid the enhancing tumor is to be non-enhancing core (pat0006's: 0.75; the edema a "
+        "curved rim's hull takes in: 0.30 brighter or more)"
     )
     # the joint healthy + tumor mixture
     alpha0: float = Field(0.5, gt=0, lt=1, description="initial latent tumor prior inside the reach of a lesion")

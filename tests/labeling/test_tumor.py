@@ -167,3 +167,41 @@ def test_spacing_in_millimetres():
     res_f = segment_tumor(_features(fine), fine.brain_mask, fine.spacing, config=CFG)
     a, b = res.info["volumes_ml"]["WT"], res_f.info["volumes_ml"]["WT"]
     assert abs(a - b) / max(a, b) < 0.2
+
+
+def _open_rim_case(core_shift: float, seed: int = 0):
+    """An enhancing rim (shell of radius 8-10 mm) with its top cut off, so that filling it leaks,
+    amid edema (FLAIR ~ N(3, 0.5)); the tissue inside the rim is labelled edema too, with its FLAIR
+    shifted by ``core_shift``."""
+    rng = np.random.default_rng(seed)
+    shape = (44, 44, 44)
+    r = np.sqrt(sum((g - 22.0) ** 2 for g in np.mgrid[:44, :44, :44]))
+    z = np.mgrid[:44, :44, :44][2]
+    brain = np.zeros(shape, bool)
+    brain[1:-1, 1:-1, 1:-1] = True
+    et = (r >= 8) & (r <= 10) & (z < 22 + 5)
+    inner = r < 8
+    edema = (r < 20) & ~et & brain
+    flair = np.where(brain, rng.normal(0.0, 0.5, shape), 0.0)
+    flair[edema] += 3.0
+    flair[inner] += core_shift
+    return et, edema, flair.astype(np.float32), brain, inner
+
+
+def test_darker_edema_amid_the_enhancing_rim_is_non_enhancing_core():
+    """BRATS 2013 pat0006: 18 of its 64 mL of non-enhancing core was labelled edema. Edema-labelled
+    tissue inside the enhancing tumor's hull that is darker on FLAIR than the edema is its solid
+    non-enhancing part (core); as bright as the edema, it stays edema (a curved rim's hull takes in
+    edema elsewhere: pat0005, the phantoms)."""
+    from segment.labeling.tumor import non_enhancing_core
+
+    et, edema, flair, brain, inner = _open_rim_case(-0.6)  # 1.2 of the edema's SDs darker
+    got = non_enhancing_core(et, edema, flair, brain, (1.0, 1.0, 1.0), 50.0, 0.5)
+    below_cut = inner & (np.mgrid[:44, :44, :44][2] < 22 + 4)
+    assert np.mean(got[below_cut]) > 0.9  # the rim's hull holds the core under the cut
+    assert not np.any(got & ~inner & ~et & (np.sqrt(sum((g - 22.0) ** 2 for g in np.mgrid[:44, :44, :44])) > 10.5))
+    et, edema, flair, brain, inner = _open_rim_case(0.0)  # as bright as the edema around
+    assert not non_enhancing_core(et, edema, flair, brain, (1.0, 1.0, 1.0), 50.0, 0.5).any()
+    # the threshold is in the edema's SDs: 0.6 z darker is core at 0.5 SD, not at 2 SD
+    et, edema, flair, brain, inner = _open_rim_case(-0.6)
+    assert not non_enhancing_core(et, edema, flair, brain, (1.0, 1.0, 1.0), 50.0, 2.0).any()
