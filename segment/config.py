@@ -263,8 +263,8 @@ class TumorConfig(_Strict):
     )
     core_hull_edema_sd: float = Field(
         0.5, ge=0, description="how much darker on FLAIR than the edema (its SDs under its mean, the region's "
-        "median) a region amid the enhancing tumor is to be non-enhancing core (pat0006's: 0.75; the edema a "
-        "curved rim's hull takes in: 0.30 brighter or more)"
+        "median) a region amid the enhancing tumor is to be non-enhancing core (pat0006's: 0.75 under; the edema "
+        "a curved rim's hull takes in, pat0005 and the phantoms: 0.38 under or brighter)"
     )
     # the joint healthy + tumor mixture
     alpha0: float = Field(0.5, gt=0, lt=1, description="initial latent tumor prior inside the reach of a lesion")

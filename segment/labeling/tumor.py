@@ -310,7 +310,7 @@ def non_enhancing_core(et: np.ndarray, edema: np.ndarray, flair: np.ndarray, bra
     vasogenic edema around it, and is core (TC) in the BraTS protocol. A region as bright as the
     rest of the edema is edema that a curved rim's hull happens to take in.
 
-    Measured (scratch runs, commit after 5f61de4): BRATS 2013 pat0006, 16.8 mL (14.8 manual core)
+    Measured (2026-12-07, docs/validation_tumor.md): BRATS 2013 pat0006, 16.8 mL (14.8 manual core)
     at -0.75 SD; pat0005, 7.4 mL (5.5 manual edema) at -0.30; the phantoms' hull edema (no
     non-enhancing core in them) at -0.38 to +0.75.
     """
