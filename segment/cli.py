@@ -255,7 +255,9 @@ def cmd_skullstrip(args: argparse.Namespace) -> int:
     vol = load_volume(args.image)
     ras = reorient_to_ras(vol)
     flags: list[str] = []
-    background = zero_background_kind(ras.data, spacing=ras.spacing)
+    from .config import SkullstripConfig
+
+    background = zero_background_kind(ras.data, spacing=ras.spacing, max_ml=SkullstripConfig().max_volume_ml)
     if background == "brain":
         mask = brain_mask_nonzero(ras.data, ras.spacing)
     else:

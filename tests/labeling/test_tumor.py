@@ -175,8 +175,9 @@ def _open_rim_case(core_shift: float, seed: int = 0):
     shifted by ``core_shift``."""
     rng = np.random.default_rng(seed)
     shape = (44, 44, 44)
-    r = np.sqrt(sum((g - 22.0) ** 2 for g in np.mgrid[:44, :44, :44]))
-    z = np.mgrid[:44, :44, :44][2]
+    grid = np.mgrid[:44, :44, :44]
+    r = np.sqrt(sum((g - 22.0) ** 2 for g in grid))
+    z = grid[2]
     brain = np.zeros(shape, bool)
     brain[1:-1, 1:-1, 1:-1] = True
     et = (r >= 8) & (r <= 10) & (z < 22 + 5)
@@ -185,7 +186,7 @@ def _open_rim_case(core_shift: float, seed: int = 0):
     flair = np.where(brain, rng.normal(0.0, 0.5, shape), 0.0)
     flair[edema] += 3.0
     flair[inner] += core_shift
-    return et, edema, flair.astype(np.float32), brain, inner
+    return et, edema, flair.astype(np.float32), brain, inner, r, z
 
 
 def test_darker_edema_amid_the_enhancing_rim_is_non_enhancing_core():
@@ -195,13 +196,12 @@ def test_darker_edema_amid_the_enhancing_rim_is_non_enhancing_core():
     edema elsewhere: pat0005, the phantoms)."""
     from segment.labeling.tumor import non_enhancing_core
 
-    et, edema, flair, brain, inner = _open_rim_case(-0.6)  # 1.2 of the edema's SDs darker
+    et, edema, flair, brain, inner, r, z = _open_rim_case(-0.6)  # 1.2 of the edema's SDs darker
     got = non_enhancing_core(et, edema, flair, brain, (1.0, 1.0, 1.0), 50.0, 0.5)
-    below_cut = inner & (np.mgrid[:44, :44, :44][2] < 22 + 4)
-    assert np.mean(got[below_cut]) > 0.9  # the rim's hull holds the core under the cut
-    assert not np.any(got & ~inner & ~et & (np.sqrt(sum((g - 22.0) ** 2 for g in np.mgrid[:44, :44, :44])) > 10.5))
-    et, edema, flair, brain, inner = _open_rim_case(0.0)  # as bright as the edema around
+    assert np.mean(got[inner & (z < 22 + 4)]) > 0.9  # the rim's hull holds the core under the cut
+    assert not np.any(got & ~inner & ~et & (r > 10.5))
+    et, edema, flair, brain, _, _, _ = _open_rim_case(0.0)  # as bright as the edema around
     assert not non_enhancing_core(et, edema, flair, brain, (1.0, 1.0, 1.0), 50.0, 0.5).any()
     # the threshold is in the edema's SDs: 0.6 z darker is core at 0.5 SD, not at 2 SD
-    et, edema, flair, brain, inner = _open_rim_case(-0.6)
+    et, edema, flair, brain, _, _, _ = _open_rim_case(-0.6)
     assert not non_enhancing_core(et, edema, flair, brain, (1.0, 1.0, 1.0), 50.0, 2.0).any()
