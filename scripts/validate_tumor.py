@@ -69,7 +69,12 @@ non-enhancing core (label 3) around the enhancing parts is intermediate on T1c a
 5 mm (3 mm before 2026-12-04) more of the mass between the enhancing patches is core (TC 0.74 -> 0.78), its outer part
 is still called edema. The outline layers of ET and the core (2026-12-06) put the mixed voxel at the enhancing wall's
 outside into ET and the dark one at the core's outside into the core (ET 32.8 -> 39.5 mL of 43.4, TC 74.8 -> 83.0 of
-107.4; Dice ET 0.835 -> 0.878, TC 0.784 -> 0.813).
+107.4; Dice ET 0.835 -> 0.878, TC 0.784 -> 0.813). Since 2026-12-07 (`tumor.core_hull_edema` on, with its FLAIR condition)
+the edema-labelled region inside the enhancing parts' convex hull, 0.75 of the edema's SDs darker on FLAIR than the
+edema (the manual non-enhancing core is less FLAIR-bright than the vasogenic edema around it), is core: TC 83.1 -> 97.8 mL
+(14.7 mL moved, 10.4 of it manual core, 2.8 manual ET), Dice TC 0.813 -> 0.885. What is still edema of the manual core
+(7.5 mL) lies 3-4 mm outside the enhancing parts, beyond their hull. On pat0005 the same hull holds 7.4 mL of edema
+(5.5 manual edema) as bright as the rest (0.30 SD under its mean), and it stays edema.
 """,
     "brats_glioma": """
 **What the overlays show** (montage: axial slices, patient's left on the image left). The ring-enhancing right temporal
